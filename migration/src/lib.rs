@@ -1,0 +1,23 @@
+//! Schema migrations for `balance-alertd`: the only place the schema is defined.
+//!
+//! The daemon applies them at start (`database.auto_migrate`) and operators drive them with
+//! `balance-alertd migrate [up|down|status|fresh]`; there is deliberately no second binary.
+#![forbid(unsafe_code)]
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261127_000001_create_accounts;
+mod m20261127_000002_create_alert_logs;
+
+/// Applies the migrations in order; `seaql_migrations` records what ran.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261127_000001_create_accounts::Migration),
+            Box::new(m20261127_000002_create_alert_logs::Migration),
+        ]
+    }
+}

@@ -1,0 +1,163 @@
+//! The composition root: builds adapters from configuration and runs the commands.
+//! Exit codes (SPEC §4): 0 success, 1 runtime failure, 2 usage or configuration error,
+//! 3 a sweep or check completed but at least one delivery failed.
+
+mod commands;
+mod demo;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, TransactionTrait};
+use tracing_appender::non_blocking::WorkerGuard;
+
+pub use commands::dispatch;
+pub use demo::run_demo;
+
+use crate::application::{AlertContext, DeliveryPolicy};
+use crate::config::{ConfigError, LoadedConfig};
+use crate::domain::ports::AuditLog;
+use crate::infrastructure::audit::JsonLinesAuditLog;
+use crate::infrastructure::clock::SystemClock;
+use crate::infrastructure::db::{self, SeaOrmStore};
+use crate::infrastructure::notify::{self, ChannelBuildError, ConsoleOut};
+
+/// How a command ended, mapped to the documented exit codes.
+#[derive(Debug)]
+pub enum AppError {
+    /// Exit 2: the configuration (or a value given on the command line) is unusable.
+    Config(String),
+    /// Exit 1: the database is unreachable, a migration failed, ...
+    Runtime(anyhow::Error),
+}
+
+impl From<ConfigError> for AppError {
+    fn from(e: ConfigError) -> Self {
+        Self::Config(e.to_string())
+    }
+}
+
+impl From<ChannelBuildError> for AppError {
+    fn from(e: ChannelBuildError) -> Self {
+        Self::Config(e.to_string())
+    }
+}
+
+impl From<anyhow::Error> for AppError {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Runtime(e)
+    }
+}
+
+impl From<crate::domain::ports::StoreError> for AppError {
+    fn from(e: crate::domain::ports::StoreError) -> Self {
+        Self::Runtime(e.into())
+    }
+}
+
+/// Prints the error with its cause chain to stderr and returns the exit code.
+pub fn report(result: Result<ExitCode, AppError>) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(AppError::Config(message)) => {
+            eprintln!("error: invalid configuration: {message}");
+            ExitCode::from(2)
+        }
+        Err(AppError::Runtime(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The exit code of a sweep or check: 3 when a delivery failed.
+pub fn delivery_exit_code(any_failed: bool) -> ExitCode {
+    if any_failed {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Stdout for the console channel.
+pub fn stdout_console() -> ConsoleOut {
+    Arc::new(Mutex::new(std::io::stdout())) as Arc<Mutex<dyn Write + Send>>
+}
+
+/// Connects to the configured database and applies pending migrations when
+/// `database.auto_migrate` is set.
+pub async fn open_store(config: &LoadedConfig) -> Result<SeaOrmStore, AppError> {
+    let settings = &config.settings.database;
+    let conn = db::connect(settings).await?;
+    if settings.auto_migrate {
+        migrate_up(&conn).await?;
+    }
+    Ok(SeaOrmStore::new(conn, settings.display_url()))
+}
+
+/// Applies pending migrations in one transaction that first takes a lock (an advisory lock
+/// on PostgreSQL, the write lock on SQLite), so instances starting together migrate once.
+pub async fn migrate_up(conn: &DatabaseConnection) -> anyhow::Result<()> {
+    /// Arbitrary constant identifying balance-alertd's migration lock.
+    const MIGRATION_LOCK: i64 = 0x6261_6c61_6c65_7274;
+    let txn = match conn.get_database_backend() {
+        DbBackend::Sqlite => {
+            let options = sea_orm::TransactionOptions {
+                sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+                ..Default::default()
+            };
+            conn.begin_with_options(options).await
+        }
+        _ => conn.begin().await,
+    }
+    .context("cannot begin the migration transaction")?;
+    if txn.get_database_backend() == DbBackend::Postgres {
+        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+            .await
+            .context("cannot take the migration lock")?;
+    }
+    Migrator::up(&txn, None).await.context("migration failed")?;
+    txn.commit().await.context("cannot commit migrations")
+}
+
+/// Opens the audit log of `log.dir`; keep the guard until every delivery is done.
+pub fn open_audit(config: &LoadedConfig) -> Result<(Arc<dyn AuditLog>, WorkerGuard), AppError> {
+    let log = &config.settings.log;
+    let (audit, guard) = JsonLinesAuditLog::open(&log.dir, log.rotation, log.max_files)?;
+    Ok((Arc::new(audit), guard))
+}
+
+/// Wires the use-cases' context from configuration and adapters.
+pub fn build_context(
+    config: &LoadedConfig,
+    store: SeaOrmStore,
+    audit: Arc<dyn AuditLog>,
+    console: ConsoleOut,
+) -> Result<AlertContext, AppError> {
+    let channels = notify::build_channels(config, console)?;
+    Ok(AlertContext {
+        store: Arc::new(store),
+        channels,
+        audit,
+        clock: Arc::new(SystemClock),
+        policy: config.policy.clone(),
+        delivery: delivery_policy(config),
+        currency: config.currency.clone(),
+    })
+}
+
+pub fn delivery_policy(config: &LoadedConfig) -> DeliveryPolicy {
+    let d = &config.settings.delivery;
+    DeliveryPolicy {
+        max_attempts: d.max_attempts,
+        timeout: d.timeout,
+        initial_backoff: d.retry_initial_backoff,
+        max_backoff: d.retry_max_backoff,
+        concurrency: config.settings.notify.concurrency,
+        batch_size: d.batch_size,
+        jitter_seed: None,
+    }
+}

@@ -1,0 +1,266 @@
+//! Loading the layers (built-in defaults, files, environment) and validating what serde
+//! accepts but the domain does not (money digits, cron fields, required channel keys).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use ::config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+
+use super::{ChannelKind, Settings};
+use crate::domain::{AlertPolicy, Currency, Money};
+
+/// The built-in defaults: the same file operators read, so the two cannot drift.
+pub const DEFAULTS: &str = include_str!("../../config/default.toml");
+
+/// Environment variables `BALANCE_ALERT__SECTION__KEY` override files.
+pub const ENV_PREFIX: &str = "BALANCE_ALERT";
+
+/// Where configuration comes from; kept so SIGHUP can read the same places again.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// `--config` files in order (or `BALANCE_ALERT_CONFIG`), later wins.
+    pub files: Vec<PathBuf>,
+    /// `None` reads the process environment; tests pass their own variables.
+    pub env: Option<HashMap<String, String>>,
+}
+
+/// A configuration that passed every check, with the domain values derived from it.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub settings: Settings,
+    pub currency: Currency,
+    pub policy: AlertPolicy,
+}
+
+/// A configuration problem; the message names the file or key at fault and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Parse(#[from] ::config::ConfigError),
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// Reads every layer and validates the result.
+pub fn load(sources: &Sources) -> Result<LoadedConfig, ConfigError> {
+    let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+    for path in &sources.files {
+        // Checked here for a clear message; the config crate's own "not found" is vaguer.
+        std::fs::metadata(path).map_err(|e| ConfigError::File {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        builder = builder.add_source(File::from(path.as_path()).format(FileFormat::Toml));
+    }
+    let env = Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator("__")
+        .separator("__")
+        .source(sources.env.clone());
+    let settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
+    validate(settings)
+}
+
+fn validate(settings: Settings) -> Result<LoadedConfig, ConfigError> {
+    let c = &settings.currency;
+    let currency = Currency::new(&c.code, &c.symbol, c.minor_digits).map_err(|e| {
+        let key = match e {
+            crate::domain::CurrencyError::InvalidCode(_) => "currency.code",
+            crate::domain::CurrencyError::TooManyMinorDigits(_) => "currency.minor_digits",
+        };
+        invalid(key, e.to_string())
+    })?;
+    let default_threshold: Money = currency
+        .parse_amount(&settings.alert.threshold)
+        .map_err(|e| invalid("alert.threshold", e.to_string()))?;
+    validate_database(&settings)?;
+    validate_cron(&settings.schedule.cron)?;
+    validate_notify(&settings)?;
+    validate_delivery(&settings)?;
+    tracing_subscriber::EnvFilter::try_new(&settings.log.level).map_err(|e| {
+        invalid(
+            "log.level",
+            format!("{:?} is not a level or filter: {e}", settings.log.level),
+        )
+    })?;
+    if settings.log.max_files == 0 {
+        return Err(invalid("log.max_files", "must be at least 1"));
+    }
+    let policy = AlertPolicy {
+        default_threshold,
+        cooldown: settings.alert.cooldown,
+        claim_timeout: settings.delivery.claim_timeout,
+    };
+    Ok(LoadedConfig {
+        settings,
+        currency,
+        policy,
+    })
+}
+
+fn validate_database(settings: &Settings) -> Result<(), ConfigError> {
+    use secrecy::ExposeSecret;
+    let url = settings.database.url.expose_secret();
+    // Name only the scheme: the rest of the URL may hold a password.
+    let scheme = url.split(':').next().unwrap_or_default();
+    if !matches!(scheme, "sqlite" | "postgres" | "postgresql") {
+        return Err(invalid(
+            "database.url",
+            format!("unsupported scheme {scheme:?} (expected sqlite: or postgres://)"),
+        ));
+    }
+    if settings.database.max_connections == 0 {
+        return Err(invalid("database.max_connections", "must be at least 1"));
+    }
+    Ok(())
+}
+
+/// tokio-cron-scheduler reports any bad pattern as an opaque `ParseSchedule`; say what is wrong.
+pub fn validate_cron(cron: &str) -> Result<(), ConfigError> {
+    let fields = cron.split_whitespace().count();
+    if !(6..=7).contains(&fields) {
+        return Err(invalid(
+            "schedule.cron",
+            format!(
+                "{cron:?} has {fields} fields; expected 6 (sec min hour day month weekday) \
+                 or 7 (with year), e.g. \"0 */5 * * * *\""
+            ),
+        ));
+    }
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .build()
+        .parse(cron)
+        .map(|_| ())
+        .map_err(|e| {
+            invalid(
+                "schedule.cron",
+                format!("{cron:?} is not a valid cron pattern: {e}"),
+            )
+        })
+}
+
+fn validate_notify(settings: &Settings) -> Result<(), ConfigError> {
+    let notify = &settings.notify;
+    if notify.channels.is_empty() {
+        return Err(invalid("notify.channels", "must name at least one channel"));
+    }
+    for (i, kind) in notify.channels.iter().enumerate() {
+        if notify.channels[..i].contains(kind) {
+            return Err(invalid(
+                "notify.channels",
+                format!("{:?} is listed twice", kind.as_str()),
+            ));
+        }
+        let (key, missing) = match kind {
+            ChannelKind::Console => continue,
+            ChannelKind::Email => ("notify.email.smtp_url", notify.email.smtp_url.is_none()),
+            ChannelKind::Slack => (
+                "notify.slack.webhook_url",
+                notify.slack.webhook_url.is_none(),
+            ),
+            ChannelKind::Webhook => ("notify.webhook.url", notify.webhook.url.is_none()),
+        };
+        if missing {
+            return Err(invalid(
+                key,
+                format!("required when {:?} is in notify.channels", kind.as_str()),
+            ));
+        }
+    }
+    if notify.concurrency == 0 {
+        return Err(invalid("notify.concurrency", "must be at least 1"));
+    }
+    Ok(())
+}
+
+fn validate_delivery(settings: &Settings) -> Result<(), ConfigError> {
+    let d = &settings.delivery;
+    if d.max_attempts == 0 {
+        return Err(invalid("delivery.max_attempts", "must be at least 1"));
+    }
+    if d.timeout.is_zero() {
+        return Err(invalid("delivery.timeout", "must be longer than 0s"));
+    }
+    if d.claim_timeout <= d.timeout {
+        return Err(invalid(
+            "delivery.claim_timeout",
+            "must be longer than delivery.timeout, or live claims would be taken over",
+        ));
+    }
+    if d.retry_max_backoff < d.retry_initial_backoff {
+        return Err(invalid(
+            "delivery.retry_max_backoff",
+            "must not be shorter than delivery.retry_initial_backoff",
+        ));
+    }
+    if !(1..=10_000).contains(&d.batch_size) {
+        return Err(invalid(
+            "delivery.batch_size",
+            "must be between 1 and 10000",
+        ));
+    }
+    Ok(())
+}
+
+/// Money in config is a decimal string; an integer is exact too, a float never is.
+pub(super) fn decimal_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct DecimalVisitor;
+    impl Visitor<'_> for DecimalVisitor {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a decimal string such as \"50.00\"")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+    }
+    d.deserialize_any(DecimalVisitor)
+}
+
+/// A TOML array, or (from the environment) a comma-separated string.
+pub(super) fn list_or_comma_separated<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct ListVisitor<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for ListVisitor<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of names or a comma-separated string")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<T>, E> {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| T::deserialize(de::value::StrDeserializer::<E>::new(s)))
+                .collect()
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(item) = seq.next_element()? {
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(ListVisitor(std::marker::PhantomData))
+}

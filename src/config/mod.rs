@@ -1,0 +1,169 @@
+//! The configuration tree (SPEC §5): every key, typed; loading and validation live in
+//! [`load`], printing with secrets redacted in [`redact`].
+
+mod load;
+pub(crate) mod redact;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+pub use load::{ConfigError, LoadedConfig, Sources, load};
+
+/// Everything `config/default.toml` defines. Field docs are in that file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub alert: AlertSettings,
+    pub currency: CurrencySettings,
+    pub schedule: ScheduleSettings,
+    pub notify: NotifySettings,
+    pub delivery: DeliverySettings,
+    pub log: LogSettings,
+    pub shutdown: ShutdownSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Secret: may hold a password.
+    #[serde(serialize_with = "redact::url")]
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub auto_migrate: bool,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub busy_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSettings {
+    /// A decimal string; validated against `currency.minor_digits`.
+    #[serde(deserialize_with = "load::decimal_string")]
+    pub threshold: String,
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CurrencySettings {
+    pub code: String,
+    pub symbol: String,
+    pub minor_digits: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSettings {
+    pub cron: String,
+    pub run_on_start: bool,
+}
+
+/// A channel that can be named in `notify.channels`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    Console,
+    Email,
+    Slack,
+    Webhook,
+}
+
+impl ChannelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Console => "console",
+            Self::Email => "email",
+            Self::Slack => "slack",
+            Self::Webhook => "webhook",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySettings {
+    #[serde(deserialize_with = "load::list_or_comma_separated")]
+    pub channels: Vec<ChannelKind>,
+    pub concurrency: usize,
+    pub email: EmailSettings,
+    pub slack: SlackSettings,
+    pub webhook: WebhookSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSettings {
+    #[serde(default, serialize_with = "redact::optional_url")]
+    pub smtp_url: Option<SecretString>,
+    pub from: String,
+    pub subject: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackSettings {
+    #[serde(default, serialize_with = "redact::optional_url")]
+    pub webhook_url: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    #[serde(default, serialize_with = "redact::optional_url")]
+    pub url: Option<SecretString>,
+    #[serde(default, serialize_with = "redact::optional_secret")]
+    pub secret: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySettings {
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub claim_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max_backoff: Duration,
+    pub batch_size: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogRotation {
+    Never,
+    Daily,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+    pub dir: PathBuf,
+    pub rotation: LogRotation,
+    pub max_files: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSettings {
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}

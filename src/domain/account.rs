@@ -1,0 +1,105 @@
+//! Accounts as the daemon sees them: read-only, written by the bank's systems.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+
+use super::money::Money;
+
+/// An account id: the text primary key of `accounts` (a UUID in text form by contract, but
+/// kept as the exact text an external writer stored so a lookup never misses).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct AccountId(String);
+
+impl AccountId {
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One row of `accounts`. The e-mail stays raw here: a bad address is a property of one
+/// delivery (it fails, alone), not a reason the account cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub id: AccountId,
+    pub owner_email: String,
+    pub owner_name: Option<String>,
+    pub balance: Money,
+    /// The customer's own threshold; `None` means the configured default applies.
+    pub threshold_override: Option<Money>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Account {
+    /// The name used to greet the owner: "Customer" when the bank has none on file.
+    pub fn display_name(&self) -> &str {
+        match self.owner_name.as_deref().map(str::trim) {
+            Some(name) if !name.is_empty() => name,
+            _ => "Customer",
+        }
+    }
+
+    /// The account's own threshold when it has one, else the configured default.
+    pub fn effective_threshold(&self, default: Money) -> Money {
+        self.threshold_override.unwrap_or(default)
+    }
+
+    /// Strictly below: a balance equal to the threshold raises no alert.
+    pub fn is_below_threshold(&self, default: Money) -> bool {
+        self.balance < self.effective_threshold(default)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(balance: i64, threshold: Option<i64>) -> Account {
+        Account {
+            id: AccountId::new("a"),
+            owner_email: "a@example.com".into(),
+            owner_name: None,
+            balance: Money::from_minor(balance),
+            threshold_override: threshold.map(Money::from_minor),
+            updated_at: DateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn below_threshold_is_strict() {
+        let default = Money::from_minor(5000);
+        assert!(account(4999, None).is_below_threshold(default));
+        assert!(!account(5000, None).is_below_threshold(default));
+        assert!(account(-1, None).is_below_threshold(default));
+        assert!(account(i64::MIN, None).is_below_threshold(default));
+        assert!(!account(i64::MAX, None).is_below_threshold(default));
+    }
+
+    #[test]
+    fn own_threshold_overrides_the_default() {
+        let default = Money::from_minor(5000);
+        assert!(!account(4999, Some(1000)).is_below_threshold(default));
+        assert!(account(9999, Some(10_000)).is_below_threshold(default));
+    }
+
+    #[test]
+    fn missing_or_blank_name_reads_customer() {
+        let mut a = account(0, None);
+        assert_eq!(a.display_name(), "Customer");
+        a.owner_name = Some("  ".into());
+        assert_eq!(a.display_name(), "Customer");
+        a.owner_name = Some("Alice".into());
+        assert_eq!(a.display_name(), "Alice");
+    }
+}

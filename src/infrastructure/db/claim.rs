@@ -1,0 +1,354 @@
+//! Writes: claiming deliveries race-free and recording their outcomes, in batches.
+//!
+//! The claim follows the pattern PITFALLS proved on PostgreSQL 15: in one transaction, first
+//! lock the candidate accounts (`FOR UPDATE [SKIP LOCKED]`), then — in later statements,
+//! which take a fresh snapshot after the locks are held — re-read the accounts' alerts,
+//! decide again and write the claims. Any competitor claiming the same account held its
+//! lock until it committed, so the re-read sees its claim. On SQLite a `BEGIN IMMEDIATE`
+//! transaction takes the single write lock first, which serializes claimers across
+//! processes. The partial unique index on unresolved alerts backs both up.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{
+    CaseStatement, Expr, ExprTrait, LockBehavior, LockType, OnConflict, Query, SimpleExpr,
+};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
+
+use super::convert::attempts_column;
+use super::entities::{accounts, alert_logs};
+use super::store::{IDS_PER_QUERY, SeaOrmStore, open_and_recent, to_records};
+use crate::domain::ports::{ClaimRequest, LockWait, StoreError};
+use crate::domain::{
+    Account, AlertId, AlertPolicy, AlertRecord, AlertStatus, ChannelName, Claim, Decision,
+    DeliveryOutcome, Money,
+};
+
+/// Rows per multi-row INSERT or CASE-UPDATE: 11 binds a row stays far below SQLite's
+/// 32,766-bind limit, and a CASE of this many arms is cheap to evaluate.
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// `last_error` is for people; keep it readable and bounded.
+const MAX_ERROR_CHARS: usize = 1000;
+
+use alert_logs::Column as L;
+
+impl SeaOrmStore {
+    /// A write transaction; on SQLite `BEGIN IMMEDIATE`, so it queues on the busy timeout
+    /// instead of failing with SQLITE_BUSY when it later upgrades from read to write.
+    async fn begin_write(&self) -> Result<DatabaseTransaction, StoreError> {
+        let options = TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        };
+        let options = match self.db.get_database_backend() {
+            DbBackend::Sqlite => options,
+            _ => TransactionOptions::default(),
+        };
+        self.db
+            .begin_with_options(options)
+            .await
+            .map_err(self.err("cannot begin a transaction"))
+    }
+
+    pub(super) async fn claim_deliveries(
+        &self,
+        requests: &[ClaimRequest],
+        policy: &AlertPolicy,
+        now: DateTime<Utc>,
+        lock: LockWait,
+    ) -> Result<Vec<Claim>, StoreError> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let txn = self.begin_write().await?;
+        let locked = lock_accounts(&txn, requests, lock)
+            .await
+            .map_err(self.err("cannot lock accounts"))?;
+        let locked_ids: Vec<String> = locked.iter().map(|a| a.id.as_str().to_owned()).collect();
+        let rows = open_and_recent(&txn, &locked_ids, policy.cooldown_cutoff(now))
+            .await
+            .map_err(self.err("cannot read alert_logs"))?;
+        let plan = plan_claims(&locked, requests, &to_records(rows)?, policy, now);
+        let inserted = insert_new(&txn, &plan.new, now)
+            .await
+            .map_err(self.err("cannot insert claims into alert_logs"))?;
+        let reclaimed = reclaim(&txn, &plan.retries, now)
+            .await
+            .map_err(self.err("cannot reclaim alerts in alert_logs"))?;
+        txn.commit()
+            .await
+            .map_err(self.err("cannot commit claims"))?;
+        let mut claims = plan.new;
+        claims.retain(|c| inserted.contains(c.alert_id.as_str()));
+        claims.extend(
+            plan.retries
+                .into_iter()
+                .filter(|c| reclaimed.contains(c.alert_id.as_str())),
+        );
+        Ok(claims)
+    }
+
+    pub(super) async fn write_outcomes(
+        &self,
+        outcomes: &[DeliveryOutcome],
+    ) -> Result<(), StoreError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let txn = self.begin_write().await?;
+        let (sent, failed): (Vec<_>, Vec<_>) = outcomes.iter().partition(|o| o.result.is_ok());
+        for chunk in sent.chunks(ROWS_PER_STATEMENT) {
+            let mut update = Query::update();
+            update
+                .table(alert_logs::Entity)
+                .value(L::Status, AlertStatus::Sent.as_str())
+                .value(
+                    L::SentAt,
+                    by_id(chunk.iter().map(|o| (&o.alert_id, sent_at(o))), L::SentAt),
+                )
+                .value(L::Attempts, attempts_added(chunk))
+                .value(L::LastError, Option::<String>::None)
+                .and_where(L::Id.is_in(chunk.iter().map(|o| o.alert_id.as_str())))
+                // A row already sent keeps its first sent_at.
+                .and_where(L::Status.ne(AlertStatus::Sent.as_str()));
+            txn.execute(&update)
+                .await
+                .map_err(self.err("cannot mark alerts sent"))?;
+        }
+        for chunk in failed.chunks(ROWS_PER_STATEMENT) {
+            let mut update = Query::update();
+            update
+                .table(alert_logs::Entity)
+                .value(L::Status, AlertStatus::Failed.as_str())
+                .value(L::Attempts, attempts_added(chunk))
+                .value(
+                    L::LastError,
+                    by_id(
+                        chunk.iter().map(|o| (&o.alert_id, error_text(o))),
+                        L::LastError,
+                    ),
+                )
+                .and_where(L::Id.is_in(chunk.iter().map(|o| o.alert_id.as_str())))
+                // Never overwrite `sent`: a competitor that took over an expired claim may
+                // have delivered it meanwhile.
+                .and_where(L::Status.eq(AlertStatus::Pending.as_str()));
+            txn.execute(&update)
+                .await
+                .map_err(self.err("cannot mark alerts failed"))?;
+        }
+        txn.commit()
+            .await
+            .map_err(self.err("cannot commit delivery outcomes"))
+    }
+}
+
+/// Locks and re-reads the requested accounts. PostgreSQL row locks; on SQLite the
+/// immediate transaction already holds the database's write lock.
+async fn lock_accounts(
+    txn: &DatabaseTransaction,
+    requests: &[ClaimRequest],
+    lock: LockWait,
+) -> Result<Vec<Account>, sea_orm::DbErr> {
+    let ids: Vec<&str> = requests.iter().map(|r| r.account_id.as_str()).collect();
+    let mut locked = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(IDS_PER_QUERY) {
+        let mut query = accounts::Entity::find()
+            .filter(accounts::Column::Id.is_in(chunk.iter().copied()))
+            // One order for every claimer, so waiting claimers cannot deadlock.
+            .order_by_asc(accounts::Column::Id);
+        if txn.get_database_backend() == DbBackend::Postgres {
+            query = match lock {
+                LockWait::Skip => {
+                    query.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+                }
+                LockWait::Wait => query.lock(LockType::Update),
+            };
+        }
+        locked.extend(query.all(txn).await?.into_iter().map(Account::from));
+    }
+    Ok(locked)
+}
+
+/// What the claim will write: new alerts and retries of unresolved ones.
+struct ClaimPlan {
+    new: Vec<Claim>,
+    retries: Vec<Claim>,
+}
+
+fn plan_claims(
+    locked: &[Account],
+    requests: &[ClaimRequest],
+    records: &[AlertRecord],
+    policy: &AlertPolicy,
+    now: DateTime<Utc>,
+) -> ClaimPlan {
+    let wanted: HashMap<&str, &[ChannelName]> = requests
+        .iter()
+        .map(|r| (r.account_id.as_str(), r.channels.as_slice()))
+        .collect();
+    let mut by_pair: HashMap<(&str, &str), Vec<&AlertRecord>> = HashMap::new();
+    for record in records {
+        by_pair
+            .entry((record.account_id.as_str(), record.channel.as_str()))
+            .or_default()
+            .push(record);
+    }
+    let mut plan = ClaimPlan {
+        new: Vec::new(),
+        retries: Vec::new(),
+    };
+    for account in locked {
+        // The balance may have changed since the caller's unlocked read.
+        if !account.is_below_threshold(policy.default_threshold) {
+            continue;
+        }
+        let threshold = account.effective_threshold(policy.default_threshold);
+        for channel in wanted.get(account.id.as_str()).copied().unwrap_or_default() {
+            let pair = by_pair.get(&(account.id.as_str(), channel.as_str()));
+            let existing = pair.into_iter().flatten().copied();
+            let claim = |alert_id, prior_attempts, created_at| Claim {
+                alert_id,
+                channel: channel.clone(),
+                account: account.clone(),
+                threshold,
+                prior_attempts,
+                created_at,
+            };
+            match policy.decide(now, existing) {
+                Decision::New => plan.new.push(claim(AlertId::generate(), 0, now)),
+                Decision::Retry { alert_id, attempts } => {
+                    let created_at = pair
+                        .into_iter()
+                        .flatten()
+                        .find(|r| r.id == alert_id)
+                        .map_or(now, |r| r.created_at);
+                    plan.retries.push(claim(alert_id, attempts, created_at));
+                }
+                Decision::InCooldown { .. } | Decision::InFlight { .. } => {}
+            }
+        }
+    }
+    plan
+}
+
+/// Inserts new `pending` rows; returns the ids actually inserted (a conflicting unresolved
+/// row — which the locks should make impossible — leaves that claim out rather than failing).
+async fn insert_new(
+    txn: &DatabaseTransaction,
+    claims: &[Claim],
+    now: DateTime<Utc>,
+) -> Result<HashSet<String>, sea_orm::DbErr> {
+    let mut inserted = HashSet::with_capacity(claims.len());
+    for chunk in claims.chunks(ROWS_PER_STATEMENT) {
+        let mut insert = Query::insert();
+        insert.into_table(alert_logs::Entity).columns([
+            L::Id,
+            L::AccountId,
+            L::Channel,
+            L::ThresholdMinor,
+            L::BalanceAtAlertMinor,
+            L::Status,
+            L::Attempts,
+            L::CreatedAt,
+            L::ClaimedAt,
+        ]);
+        for c in chunk {
+            insert
+                .values([
+                    c.alert_id.as_str().into(),
+                    c.account.id.as_str().into(),
+                    c.channel.as_str().into(),
+                    c.threshold.minor().into(),
+                    c.account.balance.minor().into(),
+                    AlertStatus::Pending.as_str().into(),
+                    0i32.into(),
+                    now.into(),
+                    now.into(),
+                ])
+                .map_err(|e| sea_orm::DbErr::Custom(e.to_string()))?;
+        }
+        insert
+            .on_conflict(OnConflict::new().do_nothing().to_owned())
+            .returning_col(L::Id);
+        for row in txn.query_all(&insert).await? {
+            inserted.insert(row.try_get::<String>("", "id")?);
+        }
+    }
+    Ok(inserted)
+}
+
+/// Takes over failed or abandoned alerts under their ids, with the current balance and
+/// threshold (the message must tell today's balance; the id lets receivers deduplicate).
+async fn reclaim(
+    txn: &DatabaseTransaction,
+    claims: &[Claim],
+    now: DateTime<Utc>,
+) -> Result<HashSet<String>, sea_orm::DbErr> {
+    let mut reclaimed = HashSet::with_capacity(claims.len());
+    for chunk in claims.chunks(ROWS_PER_STATEMENT) {
+        let thresholds = chunk.iter().map(|c| (&c.alert_id, minor(c.threshold)));
+        let balances = chunk
+            .iter()
+            .map(|c| (&c.alert_id, minor(c.account.balance)));
+        let mut update = Query::update();
+        update
+            .table(alert_logs::Entity)
+            .value(L::Status, AlertStatus::Pending.as_str())
+            .value(L::ClaimedAt, now)
+            .value(L::ThresholdMinor, by_id(thresholds, L::ThresholdMinor))
+            .value(
+                L::BalanceAtAlertMinor,
+                by_id(balances, L::BalanceAtAlertMinor),
+            )
+            .and_where(L::Id.is_in(chunk.iter().map(|c| c.alert_id.as_str())))
+            .and_where(L::Status.ne(AlertStatus::Sent.as_str()))
+            .returning_col(L::Id);
+        for row in txn.query_all(&update).await? {
+            reclaimed.insert(row.try_get::<String>("", "id")?);
+        }
+    }
+    Ok(reclaimed)
+}
+
+/// `CASE WHEN id = a THEN va WHEN id = b THEN vb ... ELSE column END`: one statement sets a
+/// different value per row.
+fn by_id<'a, V: Into<Expr>>(
+    pairs: impl Iterator<Item = (&'a AlertId, V)>,
+    column: L,
+) -> SimpleExpr {
+    pairs
+        .fold(CaseStatement::new(), |case, (id, value)| {
+            case.case(Expr::col(L::Id).eq(id.as_str()), value)
+        })
+        .finally(Expr::col(column))
+        .into()
+}
+
+fn attempts_added(chunk: &[&DeliveryOutcome]) -> SimpleExpr {
+    let added = chunk
+        .iter()
+        .map(|o| (&o.alert_id, Expr::val(attempts_column(o.attempts))));
+    Expr::col(L::Attempts).add(by_id(added, L::Attempts))
+}
+
+fn sent_at(outcome: &DeliveryOutcome) -> Expr {
+    Expr::val(outcome.result.as_ref().ok().copied())
+}
+
+fn error_text(outcome: &DeliveryOutcome) -> Expr {
+    let text = outcome
+        .result
+        .as_ref()
+        .err()
+        .map(|e| e.message.chars().take(MAX_ERROR_CHARS).collect::<String>());
+    Expr::val(text)
+}
+
+fn minor(money: Money) -> Expr {
+    Expr::val(money.minor())
+}

@@ -1,0 +1,45 @@
+//! Rows to domain values. A row the daemon cannot interpret is an error naming the row,
+//! never a panic.
+
+use anyhow::anyhow;
+
+use super::entities::{accounts, alert_logs};
+use crate::domain::{Account, AccountId, AlertId, AlertRecord, AlertStatus, ChannelName, Money};
+
+impl From<accounts::Model> for Account {
+    fn from(row: accounts::Model) -> Self {
+        Self {
+            id: AccountId::new(row.id),
+            owner_email: row.owner_email,
+            owner_name: row.owner_name,
+            balance: Money::from_minor(row.balance_minor),
+            threshold_override: row.alert_threshold_minor.map(Money::from_minor),
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+impl TryFrom<alert_logs::Model> for AlertRecord {
+    type Error = anyhow::Error;
+
+    fn try_from(row: alert_logs::Model) -> Result<Self, Self::Error> {
+        let status = AlertStatus::parse(&row.status)
+            .ok_or_else(|| anyhow!("alert_logs row {}: unknown status {:?}", row.id, row.status))?;
+        Ok(Self {
+            id: AlertId::from_stored(row.id),
+            account_id: AccountId::new(row.account_id),
+            channel: ChannelName::new(row.channel),
+            status,
+            // A negative count can only come from a hand-edited row; read it as none.
+            attempts: u32::try_from(row.attempts).unwrap_or(0),
+            created_at: row.created_at,
+            claimed_at: row.claimed_at,
+            sent_at: row.sent_at,
+        })
+    }
+}
+
+/// Attempts as stored (INTEGER); saturates instead of wrapping.
+pub(super) fn attempts_column(attempts: u32) -> i32 {
+    i32::try_from(attempts).unwrap_or(i32::MAX)
+}

@@ -1,0 +1,96 @@
+//! The database adapter: connection set-up (with the SQLite pragmas a daemon needs), the
+//! SeaORM entities, and the [`AlertStore`](crate::domain::ports::AlertStore) implementation.
+
+mod claim;
+mod convert;
+pub mod entities;
+mod store;
+
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{ConnAcquireErr, ConnectOptions, Database, DatabaseConnection, DbErr, RuntimeErr};
+use secrecy::ExposeSecret;
+
+pub use store::SeaOrmStore;
+
+use crate::config::DatabaseSettings;
+use crate::config::redact::mask_url;
+use crate::domain::ports::StoreError;
+
+/// SQLite page cache per connection, in KiB (negative = KiB for the pragma). Larger is
+/// faster on big tables; it is per connection, so it is kept moderate.
+const SQLITE_CACHE_KIB: i64 = 16 * 1024;
+
+/// Connects to the configured database. The error names the database (password masked).
+pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, StoreError> {
+    let url = settings.database_url();
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .max_connections(settings.max_connections)
+        .connect_timeout(settings.connect_timeout)
+        .acquire_timeout(settings.connect_timeout)
+        .sqlx_logging(false);
+    let busy_timeout = settings.busy_timeout;
+    options.map_sqlx_sqlite_opts(move |o| {
+        o.journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(busy_timeout)
+            .foreign_keys(true)
+            .pragma("cache_size", format!("-{SQLITE_CACHE_KIB}"))
+    });
+    Database::connect(options)
+        .await
+        .map_err(|e| map_db_err(&mask_url(url), "cannot connect", e))
+}
+
+/// A private in-memory SQLite database: one connection that is never recycled, because the
+/// database disappears with its last connection (PITFALLS).
+pub async fn connect_in_memory() -> Result<DatabaseConnection, StoreError> {
+    let mut options = ConnectOptions::new("sqlite::memory:");
+    options
+        .max_connections(1)
+        .min_connections(1)
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_pool_opts(|o| o.idle_timeout(None).max_lifetime(None));
+    Database::connect(options)
+        .await
+        .map_err(|e| map_db_err("sqlite::memory:", "cannot open", e))
+}
+
+impl DatabaseSettings {
+    /// The URL with its secret exposed: only for handing to the driver.
+    fn database_url(&self) -> &str {
+        self.url.expose_secret()
+    }
+
+    /// The URL safe to print.
+    pub fn display_url(&self) -> String {
+        mask_url(self.url.expose_secret())
+    }
+}
+
+/// Translates a SeaORM error into the port's error, telling "the database is unreachable"
+/// (an operator's problem, retried on the next tick) from everything else.
+pub(crate) fn map_db_err(database: &str, action: &str, err: DbErr) -> StoreError {
+    let unavailable = match &err {
+        DbErr::Conn(_)
+        | DbErr::ConnectionAcquire(ConnAcquireErr::Timeout | ConnAcquireErr::ConnectionClosed) => {
+            true
+        }
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => matches!(
+            e.as_ref(),
+            sea_orm::sqlx::Error::Io(_)
+                | sea_orm::sqlx::Error::PoolTimedOut
+                | sea_orm::sqlx::Error::PoolClosed
+                | sea_orm::sqlx::Error::Tls(_)
+        ),
+        _ => false,
+    };
+    if unavailable {
+        StoreError::Unavailable {
+            message: format!("{action} {database}"),
+            source: err.into(),
+        }
+    } else {
+        StoreError::Unexpected(anyhow::Error::new(err).context(format!("{action} ({database})")))
+    }
+}

@@ -1,0 +1,6 @@
+//! Adapters: the database, the channels, the audit log and the clock behind the domain ports.
+
+pub mod audit;
+pub mod clock;
+pub mod db;
+pub mod notify;
