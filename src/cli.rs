@@ -95,26 +95,25 @@ mod tests {
 
     #[test]
     fn config_flags_win_over_the_environment_variable() {
-        let cli = Cli::parse_from([
-            "balance-alertd",
-            "-c",
-            "a.toml",
-            "sweep",
-            "--config",
-            "b.toml",
-        ]);
+        let files = |args: &[&str]| Cli::parse_from(args).config_files(Some("env.toml".into()));
+        let both = [PathBuf::from("a.toml"), PathBuf::from("b.toml")];
         assert_eq!(
-            cli.config_files(Some("env.toml".into())),
-            [PathBuf::from("a.toml"), PathBuf::from("b.toml")]
+            files(&[
+                "balance-alertd",
+                "-c",
+                "a.toml",
+                "--config",
+                "b.toml",
+                "sweep"
+            ]),
+            both
         );
-        let cli = Cli::parse_from(["balance-alertd", "sweep", "-c", "b.toml"]);
-        assert_eq!(cli.config_files(None), [PathBuf::from("b.toml")]);
-        let cli = Cli::parse_from(["balance-alertd"]);
         assert_eq!(
-            cli.config_files(Some("env.toml".into())),
-            [PathBuf::from("env.toml")]
+            files(&["balance-alertd", "sweep", "-c", "a.toml", "-c", "b.toml"]),
+            both
         );
-        assert!(cli.command.is_none());
+        assert_eq!(files(&["balance-alertd"]), [PathBuf::from("env.toml")]);
+        assert!(Cli::parse_from(["balance-alertd"]).command.is_none());
     }
 
     #[test]
