@@ -1,1 +1,6 @@
-//! Integration tests.
+//! The integration suite: one binary, real SQLite files and a real PostgreSQL server
+//! (`$BALANCE_ALERT_TEST_PG_URL`; `scripts/test.sh` starts one).
+
+mod alerting;
+mod concurrency;
+mod helpers;
