@@ -2,5 +2,6 @@
 //! (`$BALANCE_ALERT_TEST_PG_URL`; `scripts/test.sh` starts one).
 
 mod alerting;
+mod cli;
 mod concurrency;
 mod helpers;

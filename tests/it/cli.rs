@@ -1,0 +1,359 @@
+//! The binary as operators and the bank's systems use it: exit codes, output, errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use balance_alertd::domain::AccountId;
+
+use crate::helpers::{Backend, NewAccount, TestApp, TestDb, read_json_lines};
+use crate::on_both_backends;
+
+const BIN: &str = env!("CARGO_BIN_EXE_balance-alertd");
+
+/// The binary in `dir`, with a clean environment plus `env`.
+fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(BIN)
+        .current_dir(dir)
+        .env_clear()
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .expect("run balance-alertd")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A config file pointing at `url`, with the audit log in `dir/logs`.
+fn write_config(dir: &Path, url: &str, extra: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    let text = format!(
+        "[database]\nurl = \"{url}\"\n[log]\ndir = \"{}\"\n{extra}\n",
+        dir.join("logs").display()
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+#[test]
+fn demo_prints_the_reference_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["demo"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "Email -> alice@example.com: Hi Alice, your balance ($49.00) is below $50.00"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "Email -> carol@example.com: Hi Carol, your balance ($25.00) is below $50.00"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("bob@example.com"));
+    assert_eq!(text.trim_end().lines().last(), Some("Total alerts sent: 2"));
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "demo left files behind"
+    );
+}
+
+on_both_backends!(
+    sweep_prints_the_summary_line_last_and_exits_3_on_a_failed_delivery,
+    check_reports_each_outcome
+);
+
+async fn sweep_prints_the_summary_line_last_and_exits_3_on_a_failed_delivery(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &app.db.url, "");
+    let config = config.to_str().unwrap();
+    app.insert_account(NewAccount::new("one@example.com", 100))
+        .await;
+    app.insert_account(NewAccount::new("two@example.com", 200))
+        .await;
+    app.insert_account(NewAccount::new("rich@example.com", 20_000))
+        .await;
+
+    let out = run(dir.path(), &["--config", config, "sweep"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let last = text.trim_end().lines().last().unwrap();
+    assert!(
+        last.starts_with("sweep finished: below_threshold=2 eligible=2 sent=2 failed=0 in_cooldown=0 duration_ms="),
+        "{last}"
+    );
+    assert_eq!(text.matches("📧 Email -> ").count(), 2);
+    assert_eq!(read_json_lines(dir.path().join("logs/audit.log")).len(), 2);
+
+    app.insert_account(NewAccount::new("broken-address", 300))
+        .await;
+    let out = run(dir.path(), &["-c", config, "sweep", "--json"], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a failed delivery exits 3: {}",
+        stderr(&out)
+    );
+    let text = stdout(&out);
+    let summary: serde_json::Value =
+        serde_json::from_str(text.trim_end().lines().last().unwrap()).unwrap();
+    assert_eq!(summary["below_threshold"], 3);
+    assert_eq!(summary["eligible"], 1);
+    assert_eq!(summary["sent"], 0);
+    assert_eq!(summary["failed"], 1);
+    assert_eq!(summary["in_cooldown"], 2);
+    assert!(summary["duration_ms"].is_u64());
+    let audit = read_json_lines(dir.path().join("logs/audit.log"));
+    assert_eq!(
+        audit.len(),
+        3,
+        "the audit log is appended to, flushed before exit"
+    );
+}
+
+async fn check_reports_each_outcome(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &app.db.url, "");
+    let config = config.to_str().unwrap();
+    let low = app
+        .insert_account(NewAccount::new("low@example.com", 100))
+        .await;
+    let high = app
+        .insert_account(NewAccount::new("high@example.com", 10_000))
+        .await;
+    let bad = app.insert_account(NewAccount::new("bad", 100)).await;
+    let check = |id: &AccountId| run(dir.path(), &["-c", config, "check", id.as_str()], &[]);
+
+    let out = check(&low);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).contains("Email -> low@example.com"));
+    assert!(
+        stdout(&out).contains("console: sent (alert "),
+        "{}",
+        stdout(&out)
+    );
+    let out = check(&low);
+    assert!(
+        stdout(&out).contains("console: in cooldown"),
+        "{}",
+        stdout(&out)
+    );
+    let out = check(&high);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).contains("not below"), "{}", stdout(&out));
+    assert_eq!(check(&bad).status.code(), Some(3));
+    let unknown = AccountId::new(uuid::Uuid::new_v4().to_string());
+    let out = check(&unknown);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).contains("not found"));
+    let out = run(dir.path(), &["-c", config, "check", "not-a-uuid"], &[]);
+    assert_eq!(out.status.code(), Some(2), "usage error: {}", stderr(&out));
+}
+
+/// Each bad value exits 2 with a message that names the key (or file) and why.
+#[test]
+fn bad_configuration_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str)] = &[
+        ("[alert]\nthreshold = \"50.001\"", "alert.threshold"),
+        ("[alert]\nthreshold = \"fifty\"", "alert.threshold"),
+        ("[alert]\nthreshold = 50.5", "decimal string"),
+        ("[alert]\ncooldown = \"a while\"", "alert.cooldown"),
+        ("[alert]\ncooldown = 24", "alert.cooldown"),
+        ("[schedule]\ncron = \"*/5 * * * *\"", "schedule.cron"),
+        ("[schedule]\ncron = \"0 99 * * * *\"", "schedule.cron"),
+        ("[alert]\nthresold = \"1.00\"", "thresold"),
+        ("[nonsense]\nkey = 1", "nonsense"),
+        ("[notify]\nchannels = [\"pager\"]", "pager"),
+        (
+            "[notify]\nchannels = [\"slack\"]",
+            "notify.slack.webhook_url",
+        ),
+        ("[delivery]\nmax_attempts = 0", "delivery.max_attempts"),
+        (
+            "[delivery]\nmax_attempts = \"three\"",
+            "delivery.max_attempts",
+        ),
+        ("[currency]\nminor_digits = 30", "currency.minor_digits"),
+        (
+            "[database]\nurl = \"mysql://u:hunter2@h/db\"",
+            "database.url",
+        ),
+        ("[log]\nformat = \"xml\"", "log.format"),
+    ];
+    for (toml, key) in cases {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, toml).unwrap();
+        let out = run(
+            dir.path(),
+            &["--config", path.to_str().unwrap(), "config", "--check"],
+            &[],
+        );
+        assert_eq!(out.status.code(), Some(2), "{toml}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(key),
+            "{toml}: stderr does not name {key}: {}",
+            stderr(&out)
+        );
+        assert!(!stderr(&out).contains("hunter2"), "a secret was printed");
+    }
+    let out = run(
+        dir.path(),
+        &["--config", "/nonexistent/balance.toml", "sweep"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("/nonexistent/balance.toml"),
+        "{}",
+        stderr(&out)
+    );
+    let env = [("BALANCE_ALERT__ALERT__THRESHOLD", "12.345")];
+    let out = run(dir.path(), &["config", "--check"], &env);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("alert.threshold"), "{}", stderr(&out));
+}
+
+#[test]
+fn config_prints_the_effective_configuration_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[database]\nurl = \"postgres://app:hunter2@db.internal/bank\"\n[alert]\nthreshold = \"75.00\"\n")
+        .unwrap();
+    let env = [
+        ("BALANCE_ALERT_CONFIG", path.to_str().unwrap()),
+        ("BALANCE_ALERT__ALERT__COOLDOWN", "2h"),
+        (
+            "BALANCE_ALERT__NOTIFY__WEBHOOK__SECRET",
+            "s3cr3t-signing-key",
+        ),
+    ];
+    let out = run(dir.path(), &["config"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let printed: toml::Table = toml::from_str(&text).expect("config prints TOML");
+    assert_eq!(
+        printed["alert"]["threshold"].as_str(),
+        Some("75.00"),
+        "file layer applied"
+    );
+    assert_eq!(
+        printed["alert"]["cooldown"].as_str(),
+        Some("2h"),
+        "environment layer applied"
+    );
+    assert_eq!(
+        printed["database"]["url"].as_str(),
+        Some("postgres://app:***@db.internal/bank")
+    );
+    assert_eq!(
+        printed["notify"]["webhook"]["secret"].as_str(),
+        Some("[redacted]")
+    );
+    assert!(
+        !text.contains("hunter2") && !text.contains("s3cr3t"),
+        "{text}"
+    );
+}
+
+#[test]
+fn unreachable_database_exits_1_naming_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        (
+            "BALANCE_ALERT__DATABASE__URL",
+            "postgres://app:hunter2@127.0.0.1:1/bank",
+        ),
+        ("BALANCE_ALERT__DATABASE__CONNECT_TIMEOUT", "2s"),
+    ];
+    let out = run(dir.path(), &["sweep"], &env);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("127.0.0.1:1/bank"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("hunter2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_reports_status_and_rolls_back() {
+    let db = TestDb::create(Backend::Sqlite).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("BALANCE_ALERT__DATABASE__URL", db.url.as_str())];
+    let status = |env| stdout(&run(dir.path(), &["migrate", "status"], env));
+    assert_eq!(status(&env).matches("Pending").count(), 2);
+    assert_eq!(run(dir.path(), &["migrate"], &env).status.code(), Some(0));
+    assert_eq!(status(&env).matches("Applied").count(), 2);
+    assert_eq!(
+        run(dir.path(), &["migrate", "down"], &env).status.code(),
+        Some(0)
+    );
+    assert_eq!(status(&env).matches("Applied").count(), 1);
+    assert_eq!(
+        run(dir.path(), &["migrate", "fresh"], &env).status.code(),
+        Some(0)
+    );
+    assert_eq!(status(&env).matches("Applied").count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sweep_processes_on_one_sqlite_file_alert_each_account_once() {
+    sweep_processes_alert_each_account_once(Backend::Sqlite, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_sweep_processes_on_one_postgres_database_alert_each_account_once() {
+    sweep_processes_alert_each_account_once(Backend::Postgres, 4).await;
+}
+
+async fn sweep_processes_alert_each_account_once(backend: Backend, processes: usize) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &app.db.url, "[delivery]\nbatch_size = 5");
+    for i in 0..200 {
+        app.insert_account(NewAccount::new(&format!("p{i}@example.com"), i))
+            .await;
+    }
+    let children: Vec<_> = (0..processes)
+        .map(|_| {
+            tokio::process::Command::new(BIN)
+                .current_dir(dir.path())
+                .env_clear()
+                .args(["-c", config.to_str().unwrap(), "sweep"])
+                .output()
+        })
+        .collect();
+    let mut lines = Vec::new();
+    for child in children {
+        let out = child.await.expect("sweep process");
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        lines.extend(
+            stdout(&out)
+                .lines()
+                .filter(|l| l.contains("Email -> "))
+                .map(str::to_owned),
+        );
+    }
+    assert_eq!(lines.len(), 200, "deliveries across all processes");
+    lines.sort();
+    lines.dedup();
+    assert_eq!(lines.len(), 200, "no account was alerted twice");
+}
