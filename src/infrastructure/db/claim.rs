@@ -8,7 +8,7 @@
 //! transaction takes the single write lock first, which serializes claimers across
 //! processes. The partial unique index on unresolved alerts backs both up.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{
@@ -102,23 +102,29 @@ impl SeaOrmStore {
         }
         let txn = self.begin_write().await?;
         let (sent, failed): (Vec<_>, Vec<_>) = outcomes.iter().partition(|o| o.result.is_ok());
-        for chunk in sent.chunks(ROWS_PER_STATEMENT) {
-            let mut update = Query::update();
-            update
-                .table(alert_logs::Entity)
-                .value(L::Status, AlertStatus::Sent.as_str())
-                .value(
-                    L::SentAt,
-                    by_id(chunk.iter().map(|o| (&o.alert_id, sent_at(o))), L::SentAt),
-                )
-                .value(L::Attempts, attempts_added(chunk))
-                .value(L::LastError, Option::<String>::None)
-                .and_where(L::Id.is_in(chunk.iter().map(|o| o.alert_id.as_str())))
-                // A row already sent keeps its first sent_at.
-                .and_where(L::Status.ne(AlertStatus::Sent.as_str()));
-            txn.execute(&update)
-                .await
-                .map_err(self.err("cannot mark alerts sent"))?;
+        // Sent rows in a batch share one `sent_at` (the latest delivery of the batch, at most
+        // a batch's delivery time after the earliest: the cooldown starts marginally later,
+        // never earlier) and are grouped by attempts, so each statement is a plain
+        // `UPDATE ... WHERE id IN (...)` instead of a per-row CASE.
+        let mut by_attempts: BTreeMap<u32, Vec<&DeliveryOutcome>> = BTreeMap::new();
+        for outcome in &sent {
+            by_attempts.entry(outcome.attempts).or_default().push(outcome);
+        }
+        for (attempts, group) in by_attempts {
+            let sent_at = group.iter().filter_map(|o| o.result.as_ref().ok()).max().copied();
+            for chunk in group.chunks(IDS_PER_QUERY) {
+                let mut update = Query::update();
+                update
+                    .table(alert_logs::Entity)
+                    .value(L::Status, AlertStatus::Sent.as_str())
+                    .value(L::SentAt, sent_at)
+                    .value(L::Attempts, Expr::col(L::Attempts).add(attempts_column(attempts)))
+                    .value(L::LastError, Option::<String>::None)
+                    .and_where(L::Id.is_in(chunk.iter().map(|o| o.alert_id.as_str())))
+                    // A row already sent keeps its first sent_at.
+                    .and_where(L::Status.ne(AlertStatus::Sent.as_str()));
+                txn.execute(&update).await.map_err(self.err("cannot mark alerts sent"))?;
+            }
         }
         for chunk in failed.chunks(ROWS_PER_STATEMENT) {
             let mut update = Query::update();
@@ -334,10 +340,6 @@ fn attempts_added(chunk: &[&DeliveryOutcome]) -> SimpleExpr {
         .iter()
         .map(|o| (&o.alert_id, Expr::val(attempts_column(o.attempts))));
     Expr::col(L::Attempts).add(by_id(added, L::Attempts))
-}
-
-fn sent_at(outcome: &DeliveryOutcome) -> Expr {
-    Expr::val(outcome.result.as_ref().ok().copied())
 }
 
 fn error_text(outcome: &DeliveryOutcome) -> Expr {

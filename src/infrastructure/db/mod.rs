@@ -6,9 +6,12 @@ mod convert;
 pub mod entities;
 mod store;
 
+use std::time::Duration;
+
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnAcquireErr, ConnectOptions, Database, DatabaseConnection, DbErr, RuntimeErr};
 use secrecy::ExposeSecret;
+use tracing::log::LevelFilter;
 
 pub use store::SeaOrmStore;
 
@@ -20,6 +23,9 @@ use crate::domain::ports::StoreError;
 /// faster on big tables; it is per connection, so it is kept moderate.
 const SQLITE_CACHE_KIB: i64 = 16 * 1024;
 
+/// Statements slower than this are logged at WARN: an operator should look at them.
+const SLOW_STATEMENT: Duration = Duration::from_secs(1);
+
 /// Connects to the configured database. The error names the database (password masked).
 pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, StoreError> {
     let url = settings.database_url();
@@ -28,7 +34,10 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
         .max_connections(settings.max_connections)
         .connect_timeout(settings.connect_timeout)
         .acquire_timeout(settings.connect_timeout)
-        .sqlx_logging(false);
+        // Every statement at DEBUG (RUST_LOG=sqlx=debug shows them), slow ones at WARN.
+        .sqlx_logging(true)
+        .sqlx_logging_level(LevelFilter::Debug)
+        .sqlx_slow_statements_logging_settings(LevelFilter::Warn, SLOW_STATEMENT);
     let busy_timeout = settings.busy_timeout;
     options.map_sqlx_sqlite_opts(move |o| {
         o.journal_mode(SqliteJournalMode::Wal)
