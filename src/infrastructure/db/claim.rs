@@ -108,22 +108,34 @@ impl SeaOrmStore {
         // `UPDATE ... WHERE id IN (...)` instead of a per-row CASE.
         let mut by_attempts: BTreeMap<u32, Vec<&DeliveryOutcome>> = BTreeMap::new();
         for outcome in &sent {
-            by_attempts.entry(outcome.attempts).or_default().push(outcome);
+            by_attempts
+                .entry(outcome.attempts)
+                .or_default()
+                .push(outcome);
         }
         for (attempts, group) in by_attempts {
-            let sent_at = group.iter().filter_map(|o| o.result.as_ref().ok()).max().copied();
+            let sent_at = group
+                .iter()
+                .filter_map(|o| o.result.as_ref().ok())
+                .max()
+                .copied();
             for chunk in group.chunks(IDS_PER_QUERY) {
                 let mut update = Query::update();
                 update
                     .table(alert_logs::Entity)
                     .value(L::Status, AlertStatus::Sent.as_str())
                     .value(L::SentAt, sent_at)
-                    .value(L::Attempts, Expr::col(L::Attempts).add(attempts_column(attempts)))
+                    .value(
+                        L::Attempts,
+                        Expr::col(L::Attempts).add(attempts_column(attempts)),
+                    )
                     .value(L::LastError, Option::<String>::None)
                     .and_where(L::Id.is_in(chunk.iter().map(|o| o.alert_id.as_str())))
                     // A row already sent keeps its first sent_at.
                     .and_where(L::Status.ne(AlertStatus::Sent.as_str()));
-                txn.execute(&update).await.map_err(self.err("cannot mark alerts sent"))?;
+                txn.execute(&update)
+                    .await
+                    .map_err(self.err("cannot mark alerts sent"))?;
             }
         }
         for chunk in failed.chunks(ROWS_PER_STATEMENT) {
