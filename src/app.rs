@@ -19,7 +19,7 @@ pub use demo::run_demo;
 
 use crate::application::{AlertContext, DeliveryPolicy};
 use crate::config::{ConfigError, LoadedConfig};
-use crate::domain::ports::AuditLog;
+use crate::domain::ports::{AuditLog, Clock};
 use crate::infrastructure::audit::JsonLinesAuditLog;
 use crate::infrastructure::clock::SystemClock;
 use crate::infrastructure::db::{self, SeaOrmStore};
@@ -49,6 +49,12 @@ impl From<ChannelBuildError> for AppError {
 impl From<anyhow::Error> for AppError {
     fn from(e: anyhow::Error) -> Self {
         Self::Runtime(e)
+    }
+}
+
+impl From<crate::application::sweep::SweepError> for AppError {
+    fn from(e: crate::application::sweep::SweepError) -> Self {
+        Self::Runtime(e.into())
     }
 }
 
@@ -137,12 +143,23 @@ pub fn build_context(
     audit: Arc<dyn AuditLog>,
     console: ConsoleOut,
 ) -> Result<AlertContext, AppError> {
+    build_context_with_clock(config, store, audit, console, Arc::new(SystemClock))
+}
+
+/// [`build_context`] with a given clock (tests move time by hand).
+pub fn build_context_with_clock(
+    config: &LoadedConfig,
+    store: SeaOrmStore,
+    audit: Arc<dyn AuditLog>,
+    console: ConsoleOut,
+    clock: Arc<dyn Clock>,
+) -> Result<AlertContext, AppError> {
     let channels = notify::build_channels(config, console)?;
     Ok(AlertContext {
         store: Arc::new(store),
         channels,
         audit,
-        clock: Arc::new(SystemClock),
+        clock,
         policy: config.policy.clone(),
         delivery: delivery_policy(config),
         currency: config.currency.clone(),

@@ -9,6 +9,7 @@ pub mod app;
 pub mod application;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod domain;
 pub mod infrastructure;
 pub mod telemetry;

@@ -1,6 +1,7 @@
 //! One function per command of the CLI.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use migration::{Migrator, MigratorTrait};
 
@@ -11,7 +12,9 @@ use crate::application::check_account::{BalanceAlert, ChannelOutcome, Outcome};
 use crate::application::sweep::BulkBalanceAlert;
 use crate::cli::{Command, MigrateAction};
 use crate::config::{LoadedConfig, Sources};
+use crate::daemon::{Daemon, signals};
 use crate::domain::AccountId;
+use crate::infrastructure::clock::SystemClock;
 use crate::infrastructure::db;
 use crate::infrastructure::notify;
 
@@ -19,18 +22,28 @@ use crate::infrastructure::notify;
 pub async fn dispatch(
     command: Command,
     config: LoadedConfig,
-    _sources: Sources,
+    sources: Sources,
 ) -> Result<ExitCode, AppError> {
     match command {
-        Command::Run => Err(AppError::Config(
-            "the scheduled daemon (`run`) is not available in this version yet; use `sweep`".into(),
-        )),
+        Command::Run => run(config, sources).await,
         Command::Sweep { json } => sweep(&config, json).await,
         Command::Check { account_id } => check(&config, &AccountId::new(account_id)).await,
         Command::Migrate { action } => migrate(&config, action.unwrap_or(MigrateAction::Up)).await,
         Command::Config { check } => print_config(&config, check),
         Command::Demo => super::run_demo().await,
     }
+}
+
+async fn run(config: LoadedConfig, sources: Sources) -> Result<ExitCode, AppError> {
+    // Handlers first: a SIGTERM during start-up is then handled, not fatal.
+    let control = signals::control_events().map_err(|e| {
+        AppError::Runtime(anyhow::Error::new(e).context("cannot install signal handlers"))
+    })?;
+    let (audit, _flush_on_drop) = open_audit(&config)?;
+    let clock = Arc::new(SystemClock);
+    let daemon = Daemon::build(config, sources, audit, stdout_console(), clock).await?;
+    daemon.run_until_stopped(control).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn sweep(config: &LoadedConfig, json: bool) -> Result<ExitCode, AppError> {

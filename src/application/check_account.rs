@@ -1,5 +1,7 @@
 //! The single-account check (`check ACCOUNT_ID`), the reference's `BalanceAlertService`.
 
+use tokio_util::sync::CancellationToken;
+
 use super::{AlertContext, dispatch, plan_requests};
 use crate::domain::ports::{LockWait, StoreError};
 use crate::domain::{AccountId, AlertId, ChannelName, Decision, Money};
@@ -75,7 +77,7 @@ impl BalanceAlert {
             .store
             .claim(&requests, &ctx.policy, now, LockWait::Wait)
             .await?;
-        let delivered = dispatch::deliver_claims(ctx, claims).await?;
+        let delivered = dispatch::deliver_claims(ctx, claims, &CancellationToken::new()).await?;
         let outcomes = ctx
             .channel_names()
             .map(|channel| {

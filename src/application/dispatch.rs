@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use backon::{ExponentialBuilder, Retryable};
 use futures::stream::{self, StreamExt};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
 use super::{AlertContext, DeliveryPolicy};
@@ -25,9 +26,14 @@ pub struct Delivered {
 ///
 /// A failing delivery never stops the others. Only the store failing is an error: the
 /// alerts then stay `pending` and are retried once their claims expire.
+///
+/// When `abandon` fires (shutdown past its grace), no new delivery starts and those in
+/// flight are dropped; the outcomes already known are still recorded, so at most the
+/// in-flight deliveries (`notify.concurrency`) can be sent again after their claims expire.
 pub async fn deliver_claims(
     ctx: &AlertContext,
     claims: Vec<Claim>,
+    abandon: &CancellationToken,
 ) -> Result<Vec<Delivered>, StoreError> {
     if claims.is_empty() {
         return Ok(Vec::new());
@@ -37,14 +43,24 @@ pub async fn deliver_claims(
         .iter()
         .map(|c| (c.name().clone(), c.clone()))
         .collect();
-    let delivered: Vec<Delivered> = stream::iter(claims)
+    let mut in_flight = stream::iter(claims)
         .map(|claim| {
             let channel = channels.get(&claim.channel).cloned();
             deliver_one(ctx, channel, claim)
         })
-        .buffer_unordered(ctx.delivery.concurrency.max(1))
-        .collect()
-        .await;
+        .buffer_unordered(ctx.delivery.concurrency.max(1));
+    let mut delivered = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = abandon.cancelled() => break,
+            next = in_flight.next() => match next {
+                Some(d) => delivered.push(d),
+                None => break,
+            },
+        }
+    }
+    drop(in_flight);
     let outcomes: Vec<DeliveryOutcome> = delivered.iter().map(|d| d.outcome.clone()).collect();
     ctx.store.record_outcomes(&outcomes).await?;
     Ok(delivered)

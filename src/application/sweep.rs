@@ -6,10 +6,21 @@ use std::time::Instant;
 
 use futures::TryStreamExt;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::{AlertContext, dispatch, plan_requests};
 use crate::domain::ports::{LockWait, StoreError};
+
+/// Why a sweep did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Stopped at shutdown; the summary covers what was done.
+    #[error("sweep abandoned at shutdown: {0}")]
+    Abandoned(SweepSummary),
+}
 
 /// What one sweep did. `sent`/`failed` count deliveries (account x channel); the others
 /// count accounts.
@@ -54,7 +65,18 @@ impl BulkBalanceAlert {
         Self { ctx }
     }
 
-    pub async fn execute(&self) -> Result<SweepSummary, StoreError> {
+    /// Runs one sweep to the end.
+    pub async fn execute(&self) -> Result<SweepSummary, SweepError> {
+        self.execute_until(&CancellationToken::new()).await
+    }
+
+    /// Runs one sweep; when `abandon` fires it stops at once, records the outcomes it
+    /// already has and returns [`SweepError::Abandoned`] (unsent claims expire and are
+    /// retried by a later sweep).
+    pub async fn execute_until(
+        &self,
+        abandon: &CancellationToken,
+    ) -> Result<SweepSummary, SweepError> {
         let started = Instant::now();
         let ctx = &self.ctx;
         let mut summary = SweepSummary::default();
@@ -62,6 +84,9 @@ impl BulkBalanceAlert {
             .store
             .accounts_below_threshold(ctx.policy.default_threshold, ctx.delivery.batch_size);
         while let Some(page) = pages.try_next().await? {
+            if abandon.is_cancelled() {
+                return Err(SweepError::Abandoned(summary));
+            }
             let now = ctx.clock.now();
             let ids: Vec<_> = page.iter().map(|a| a.id.clone()).collect();
             let records = ctx
@@ -82,11 +107,17 @@ impl BulkBalanceAlert {
             summary.below_threshold += page_len;
             summary.eligible += eligible;
             summary.in_cooldown += page_len - eligible;
-            for delivered in dispatch::deliver_claims(ctx, claims).await? {
+            let claimed = claims.len();
+            let delivered = dispatch::deliver_claims(ctx, claims, abandon).await?;
+            let complete = delivered.len() == claimed;
+            for delivered in delivered {
                 match delivered.outcome.result {
                     Ok(_) => summary.sent += 1,
                     Err(_) => summary.failed += 1,
                 }
+            }
+            if !complete {
+                return Err(SweepError::Abandoned(summary));
             }
         }
         summary.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);

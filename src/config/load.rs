@@ -140,6 +140,7 @@ pub fn validate_cron(cron: &str) -> Result<(), ConfigError> {
     }
     croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true) // as tokio-cron-scheduler parses it
         .build()
         .parse(cron)
         .map(|_| ())

@@ -10,7 +10,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-pub use load::{ConfigError, LoadedConfig, Sources, load};
+pub use load::{ConfigError, LoadedConfig, Sources, load, validate_cron};
 
 /// Everything `config/default.toml` defines. Field docs are in that file.
 #[derive(Debug, Clone, Deserialize, Serialize)]

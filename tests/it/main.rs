@@ -4,4 +4,5 @@
 mod alerting;
 mod cli;
 mod concurrency;
+mod daemon;
 mod helpers;
