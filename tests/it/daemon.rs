@@ -496,3 +496,98 @@ async fn shutdown_abandons_a_slow_sweep_after_the_grace_and_a_later_run_delivers
     }
     let _ = app.finish_audit();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_new_schedule_and_currency() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Once a year: nothing happens until the reload brings a per-second schedule.
+    let config = write_config(
+        dir.path(),
+        &app.db.url,
+        "",
+        "[schedule]\ncron = \"0 0 0 1 1 *\"",
+    );
+    app.insert_account(NewAccount::new("euro@example.com", 1_000))
+        .await;
+    let mut daemon = DaemonProcess::start(dir.path(), &config, &[]);
+    daemon.wait_for_note("READY=1", SECONDS_10);
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(daemon.count("Email -> "), 0);
+
+    let extra = "[schedule]\ncron = \"* * * * * *\"\n[currency]\ncode = \"EUR\"\nsymbol = \"€\"\nminor_digits = 2";
+    write_config(dir.path(), &app.db.url, "", extra);
+    daemon.signal("HUP");
+    daemon.wait_for_output(
+        "Email -> euro@example.com: Hi Owner, your balance (€10.00) is below €50.00",
+        1,
+        SECONDS_5,
+    );
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(SECONDS_5).and_then(|s| s.code()), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sweep_in_progress_finishes_with_the_settings_it_started_with() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(
+            app.insert_account(NewAccount::new(&format!("r{i}@example.com"), 2_000 + i))
+                .await,
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &app.db.url, "", "[notify]\nconcurrency = 1");
+    let sources = Sources {
+        files: vec![config.clone()],
+        env: Some(HashMap::new()),
+    };
+    let loaded = config::load(&sources).expect("config");
+    let (audit, _guard) = JsonLinesAuditLog::open(
+        &dir.path().join("logs"),
+        balance_alertd::config::LogRotation::Never,
+        1,
+    )
+    .unwrap();
+    let console = Arc::new(Mutex::new(SlowConsole {
+        delay: Duration::from_millis(300),
+        inner: app.console.clone(),
+    }));
+    let daemon = Daemon::build(
+        loaded,
+        sources,
+        Arc::new(audit) as Arc<dyn AuditLog>,
+        console,
+        app.clock.clone(),
+    )
+    .await
+    .expect("daemon");
+    let runner = daemon.runner();
+    let (control, events) = futures::channel::mpsc::unbounded();
+    let running = tokio::spawn(daemon.run_until_stopped(events));
+    while app.console.lines().is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Mid-sweep: lower the threshold to 10.00, which none of the accounts is below.
+    write_config(
+        dir.path(),
+        &app.db.url,
+        "",
+        "[notify]\nconcurrency = 1\n[alert]\nthreshold = \"10.00\"",
+    );
+    control.unbounded_send(Control::Reload).unwrap();
+    while runner.last_summary().is_none() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        runner.last_summary().unwrap().sent,
+        6,
+        "the running sweep kept the 50.00 threshold"
+    );
+    for id in &ids {
+        assert_eq!(app.alert_rows(id).await[0].threshold_minor, 5_000);
+    }
+    control.unbounded_send(Control::Shutdown).unwrap();
+    running.await.unwrap().expect("clean shutdown");
+}
