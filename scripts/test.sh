@@ -26,4 +26,10 @@ if [[ -z "${BALANCE_ALERT_TEST_PG_URL:-}" ]]; then
   fi
 fi
 
+# The e-mail tests run a real SMTP server (aiosmtpd) on loopback.
+if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
+  echo "test.sh: installing aiosmtpd (PyPI) for the SMTP tests" >&2
+  python3 -m pip install --quiet --root-user-action=ignore aiosmtpd
+fi
+
 cargo test --workspace --locked "$@"

@@ -95,7 +95,7 @@ async fn deliver_one(
                     alert_id: claim.alert_id.clone(),
                     account_id: claim.account.id.clone(),
                     recipient: address,
-                    owner_name: claim.account.display_name().to_owned(),
+                    owner_name: claim.account.owner_name.clone(),
                     balance: claim.account.balance,
                     threshold: claim.threshold,
                     created_at: claim.created_at,

@@ -102,8 +102,16 @@ pub struct NotifySettings {
 pub struct EmailSettings {
     #[serde(default, serialize_with = "redact::optional_url")]
     pub smtp_url: Option<SecretString>,
+    /// SMTP AUTH user, when not given in `smtp_url`.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default, serialize_with = "redact::optional_secret")]
+    pub password: Option<SecretString>,
     pub from: String,
+    /// Template (minijinja).
     pub subject: String,
+    /// Template (minijinja).
+    pub body: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -111,6 +119,8 @@ pub struct EmailSettings {
 pub struct SlackSettings {
     #[serde(default, serialize_with = "redact::optional_url")]
     pub webhook_url: Option<SecretString>,
+    /// Template (minijinja); `name` and `email` arrive escaped for Slack (`&`, `<`, `>`).
+    pub text: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -120,6 +130,8 @@ pub struct WebhookSettings {
     pub url: Option<SecretString>,
     #[serde(default, serialize_with = "redact::optional_secret")]
     pub secret: Option<SecretString>,
+    /// Allow plain `http://` to a non-loopback host.
+    pub allow_insecure_http: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

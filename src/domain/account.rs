@@ -44,10 +44,7 @@ pub struct Account {
 impl Account {
     /// The name used to greet the owner: "Customer" when the bank has none on file.
     pub fn display_name(&self) -> &str {
-        match self.owner_name.as_deref().map(str::trim) {
-            Some(name) if !name.is_empty() => name,
-            _ => "Customer",
-        }
+        display_name(self.owner_name.as_deref())
     }
 
     /// The account's own threshold when it has one, else the configured default.
@@ -58,6 +55,14 @@ impl Account {
     /// Strictly below: a balance equal to the threshold raises no alert.
     pub fn is_below_threshold(&self, default: Money) -> bool {
         self.balance < self.effective_threshold(default)
+    }
+}
+
+/// "Customer" when the bank has no (or a blank) name on file.
+pub fn display_name(owner_name: Option<&str>) -> &str {
+    match owner_name.map(str::trim) {
+        Some(name) if !name.is_empty() => name,
+        _ => "Customer",
     }
 }
 

@@ -193,11 +193,18 @@ pub struct AlertMessage {
     pub alert_id: AlertId,
     pub account_id: AccountId,
     pub recipient: EmailAddress,
-    /// The owner's name, or "Customer".
-    pub owner_name: String,
+    /// The owner's name as stored (may be missing).
+    pub owner_name: Option<String>,
     pub balance: Money,
     pub threshold: Money,
     pub created_at: DateTime<Utc>,
+}
+
+impl AlertMessage {
+    /// The name to greet the owner with: "Customer" when the bank has none on file.
+    pub fn display_name(&self) -> &str {
+        super::account::display_name(self.owner_name.as_deref())
+    }
 }
 
 /// How a delivery attempt failed, which decides whether it is retried.

@@ -160,6 +160,10 @@ impl Currency {
         &self.code
     }
 
+    pub fn symbol(&self) -> &str {
+        &self.symbol
+    }
+
     pub fn minor_digits(&self) -> u32 {
         self.minor_digits
     }

@@ -357,3 +357,92 @@ async fn sweep_processes_alert_each_account_once(backend: Backend, processes: us
     lines.dedup();
     assert_eq!(lines.len(), 200, "no account was alerted twice");
 }
+
+/// Secrets set in config appear in no log line, no audit line, no `config` output and no
+/// error message, even when every channel fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_appear_in_logs_audit_config_output_or_errors() {
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&server)
+        .await;
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let secrets = [
+        "SMTPPASSWORD1",
+        "SLACKTOKEN2",
+        "WEBHOOKPATH3",
+        "QUERYTOKEN4",
+        "SIGNINGSECRET5",
+        "DBPASSWORD6",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[notify]\nchannels = [\"email\", \"slack\", \"webhook\"]\n\
+         [notify.email]\nsmtp_url = \"smtp://alerts:SMTPPASSWORD1@127.0.0.1:{closed_port}\"\n\
+         [notify.slack]\nwebhook_url = \"{uri}/services/T0/B0/SLACKTOKEN2\"\n\
+         [notify.webhook]\nurl = \"{uri}/hooks/WEBHOOKPATH3?token=QUERYTOKEN4\"\nsecret = \"SIGNINGSECRET5\"\n\
+         [delivery]\nmax_attempts = 2\nretry_initial_backoff = \"10ms\"\nretry_max_backoff = \"20ms\"\n\
+         [log]\nlevel = \"debug\"",
+        uri = server.uri()
+    );
+    let config = dir.path().join("config.toml");
+    let text = format!(
+        "[database]\nurl = \"{}\"\n{}\ndir = \"{}\"\n",
+        app.db.url,
+        extra,
+        dir.path().join("logs").display()
+    );
+    std::fs::write(&config, text).unwrap();
+    app.insert_account(NewAccount::new("leak@example.com", 100))
+        .await;
+
+    let out = run(dir.path(), &["-c", config.to_str().unwrap(), "sweep"], &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let audit = std::fs::read_to_string(dir.path().join("logs/audit.log")).unwrap();
+    assert_eq!(audit.lines().count(), 3, "three failed deliveries audited");
+    let printed = run(dir.path(), &["-c", config.to_str().unwrap(), "config"], &[]);
+    assert_eq!(printed.status.code(), Some(0));
+    let bad_url = run(
+        dir.path(),
+        &["config", "--check"],
+        &[
+            (
+                "BALANCE_ALERT__DATABASE__URL",
+                "postgresql://u:DBPASSWORD6@127.0.0.1:1/x",
+            ),
+            ("BALANCE_ALERT__NOTIFY__CHANNELS", "email"),
+            (
+                "BALANCE_ALERT__NOTIFY__EMAIL__SMTP_URL",
+                "smtq://u:SMTPPASSWORD1@h",
+            ),
+        ],
+    );
+    assert_eq!(bad_url.status.code(), Some(2));
+    let everything = [
+        stdout(&out),
+        stderr(&out),
+        audit,
+        stdout(&printed),
+        stderr(&printed),
+        stderr(&bad_url),
+    ]
+    .join("\n");
+    assert!(
+        everything.contains("Alert delivery failed"),
+        "the failures were logged: {everything}"
+    );
+    for secret in secrets {
+        assert!(
+            !everything.contains(secret),
+            "{secret} leaked:\n{everything}"
+        );
+    }
+}

@@ -2,6 +2,7 @@
 //! (`$BALANCE_ALERT_TEST_PG_URL`; `scripts/test.sh` starts one).
 
 mod alerting;
+mod channels;
 mod cli;
 mod concurrency;
 mod daemon;

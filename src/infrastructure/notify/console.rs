@@ -27,7 +27,7 @@ impl ConsoleChannel {
             "📧 Email -> {}: Hi {}, your balance ({}) is below {}\n",
             message.recipient,
             // A name is bank data, not ours: keep a hostile one on its line.
-            message.owner_name.replace(['\r', '\n'], " "),
+            message.display_name().replace(['\r', '\n'], " "),
             self.currency.format(message.balance),
             self.currency.format(message.threshold),
         )

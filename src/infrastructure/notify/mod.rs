@@ -2,11 +2,19 @@
 //! file and one match arm in [`build_channels`].
 
 mod console;
+mod email;
+mod http;
+mod slack;
+mod template;
+mod webhook;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 pub use console::ConsoleChannel;
+pub use email::EmailChannel;
+pub use slack::SlackChannel;
+pub use webhook::{WebhookChannel, signature};
 
 use crate::config::{ChannelKind, LoadedConfig};
 use crate::domain::ports::Channel;
@@ -16,7 +24,7 @@ pub type ConsoleOut = Arc<Mutex<dyn Write + Send>>;
 
 /// A channel named in `notify.channels` that cannot be built.
 #[derive(Debug, thiserror::Error)]
-#[error("notify.channels: {channel:?}: {reason}")]
+#[error("channel {channel:?}: {reason}")]
 pub struct ChannelBuildError {
     pub channel: &'static str,
     pub reason: String,
@@ -38,10 +46,9 @@ pub fn build_channels(
                     config.currency.clone(),
                     console_out.clone(),
                 ))),
-                other => Err(ChannelBuildError {
-                    channel: other.as_str(),
-                    reason: "this channel is not available in this version yet".into(),
-                }),
+                ChannelKind::Email => Ok(Arc::new(EmailChannel::build(config)?)),
+                ChannelKind::Slack => Ok(Arc::new(SlackChannel::build(config)?)),
+                ChannelKind::Webhook => Ok(Arc::new(WebhookChannel::build(config)?)),
             }
         })
         .collect()

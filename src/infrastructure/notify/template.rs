@@ -1,0 +1,137 @@
+//! Message templates (minijinja) with the alert's values in scope. Templates are compiled
+//! and test-rendered when channels are built, so an unknown variable or a syntax error is a
+//! configuration error naming the key — never a failure at 3 a.m. in the middle of a sweep.
+
+use minijinja::{Environment, UndefinedBehavior, context};
+
+use super::ChannelBuildError;
+use crate::config::ChannelKind;
+use crate::domain::{
+    AccountId, AlertId, AlertMessage, Currency, DeliveryError, EmailAddress, Money,
+};
+
+/// The variables every template may use (documented in config/default.toml).
+pub const VARIABLES: &[&str] = &[
+    "name",
+    "email",
+    "account_id",
+    "alert_id",
+    "balance",
+    "threshold",
+    "balance_amount",
+    "threshold_amount",
+    "currency",
+    "currency_symbol",
+    "created_at",
+    "account",
+];
+
+/// The templates of one channel, by config key (`notify.email.subject`, ...).
+pub struct Templates {
+    env: Environment<'static>,
+    currency: Currency,
+    /// Applied to bank data (name, e-mail) before it enters the template.
+    escape: fn(&str) -> String,
+}
+
+impl Templates {
+    pub fn compile(
+        channel: ChannelKind,
+        currency: &Currency,
+        escape: fn(&str) -> String,
+        sources: &[(&'static str, &str)],
+    ) -> Result<Self, ChannelBuildError> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        for (key, source) in sources {
+            env.add_template_owned(*key, (*source).to_owned())
+                .map_err(|e| invalid(channel, key, &e))?;
+        }
+        let templates = Self {
+            env,
+            currency: currency.clone(),
+            escape,
+        };
+        let sample = sample_message();
+        for (key, _) in sources {
+            let template = templates
+                .env
+                .get_template(key)
+                .map_err(|e| invalid(channel, key, &e))?;
+            let mut unknown: Vec<String> = template
+                .undeclared_variables(false)
+                .into_iter()
+                .filter(|name| !VARIABLES.contains(&name.as_str()))
+                .collect();
+            if !unknown.is_empty() {
+                unknown.sort();
+                return Err(ChannelBuildError {
+                    channel: channel.as_str(),
+                    reason: format!(
+                        "{key}: unknown template variable {} (known: {})",
+                        unknown.join(", "),
+                        VARIABLES.join(", ")
+                    ),
+                });
+            }
+            // Also catches what only rendering reveals (e.g. a filter applied to the wrong type).
+            template
+                .render(templates.context(&sample))
+                .map_err(|e| invalid(channel, key, &e))?;
+        }
+        Ok(templates)
+    }
+
+    /// Renders `key` for `message`; a failure here is permanent (retrying cannot help).
+    pub fn render(&self, key: &str, message: &AlertMessage) -> Result<String, DeliveryError> {
+        self.env
+            .get_template(key)
+            .and_then(|t| t.render(self.context(message)))
+            .map_err(|e| DeliveryError::permanent(format!("template {key}: {e}")))
+    }
+
+    fn context(&self, m: &AlertMessage) -> minijinja::Value {
+        let escape = self.escape;
+        let name = escape(m.display_name());
+        let email = escape(m.recipient.as_str());
+        context! {
+            name => name.clone(),
+            email => email.clone(),
+            account_id => m.account_id.as_str(),
+            alert_id => m.alert_id.as_str(),
+            balance => self.currency.format(m.balance),
+            threshold => self.currency.format(m.threshold),
+            balance_amount => self.currency.decimal(m.balance),
+            threshold_amount => self.currency.decimal(m.threshold),
+            currency => self.currency.code(),
+            currency_symbol => self.currency.symbol(),
+            created_at => m.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            account => context! { id => m.account_id.as_str(), email => email, name => name },
+        }
+    }
+}
+
+fn invalid(channel: ChannelKind, key: &str, e: &minijinja::Error) -> ChannelBuildError {
+    ChannelBuildError {
+        channel: channel.as_str(),
+        reason: format!("{key}: invalid template: {e}"),
+    }
+}
+
+/// Template variables, escaped for nothing (e-mail is plain text).
+pub fn no_escape(text: &str) -> String {
+    text.to_owned()
+}
+
+fn sample_message() -> AlertMessage {
+    AlertMessage {
+        alert_id: AlertId::from_stored("00000000-0000-7000-8000-000000000000"),
+        account_id: AccountId::new("00000000-0000-4000-8000-000000000000"),
+        // A constant, valid address: parsing cannot fail.
+        recipient: EmailAddress::parse("owner@example.com").unwrap_or_else(|_| unreachable!()),
+        owner_name: Some("Owner".into()),
+        balance: Money::from_minor(4_900),
+        threshold: Money::from_minor(5_000),
+        created_at: chrono::DateTime::UNIX_EPOCH,
+    }
+}

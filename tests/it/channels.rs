@@ -1,0 +1,526 @@
+//! The real channels against real servers on loopback: Slack and webhook against wiremock,
+//! e-mail against an SMTP server (aiosmtpd). Retries, timeouts, classification, fan-out.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use balance_alertd::application::AlertContext;
+use balance_alertd::application::sweep::{BulkBalanceAlert, SweepSummary};
+use balance_alertd::config::{self, Sources};
+use balance_alertd::infrastructure::notify;
+use hmac::{KeyInit, Mac};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+use crate::helpers::{Backend, NewAccount, TestApp};
+
+/// Channels built from configuration exactly as the daemon builds them.
+fn context(app: &TestApp, env: &[(&str, &str)]) -> AlertContext {
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (format!("BALANCE_ALERT__{k}"), (*v).to_owned()))
+        .collect();
+    let loaded = config::load(&Sources {
+        files: Vec::new(),
+        env: Some(env),
+    })
+    .expect("valid config");
+    let channels = notify::build_channels(&loaded, app.console.out()).expect("channels");
+    let mut ctx = app.context_with(channels);
+    ctx.delivery.timeout = loaded.settings.delivery.timeout;
+    ctx.delivery.max_attempts = loaded.settings.delivery.max_attempts;
+    ctx.delivery.max_backoff = loaded.settings.delivery.retry_max_backoff;
+    ctx.delivery.initial_backoff = loaded.settings.delivery.retry_initial_backoff;
+    ctx
+}
+
+async fn sweep(ctx: &AlertContext) -> SweepSummary {
+    BulkBalanceAlert::new(ctx.clone())
+        .execute()
+        .await
+        .expect("sweep")
+}
+
+fn webhook_env(server: &MockServer) -> Vec<(&'static str, String)> {
+    vec![
+        ("NOTIFY__CHANNELS", "webhook".into()),
+        ("NOTIFY__WEBHOOK__URL", format!("{}/hook", server.uri())),
+        ("NOTIFY__WEBHOOK__SECRET", "whsec-test-key".into()),
+        ("DELIVERY__RETRY_INITIAL_BACKOFF", "10ms".into()),
+        ("DELIVERY__RETRY_MAX_BACKOFF", "3s".into()),
+    ]
+}
+
+fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+fn header<'a>(request: &'a Request, name: &str) -> &'a str {
+    request
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_posts_the_documented_payload_idempotency_key_and_a_verifiable_signature() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let id = app
+        .insert_account(NewAccount {
+            name: Some("Alice"),
+            ..NewAccount::new("alice@example.com", 4_900)
+        })
+        .await;
+    let ctx = context(&app, &env_refs(&webhook_env(&server)));
+
+    assert_eq!(sweep(&ctx).await.sent, 1);
+
+    let requests = server.received_requests().await.unwrap();
+    let [request] = requests.as_slice() else {
+        panic!("expected one request, got {}", requests.len())
+    };
+    let alert_id = app.alert_rows(&id).await[0].id.clone();
+    assert_eq!(header(request, "content-type"), "application/json");
+    assert_eq!(header(request, "idempotency-key"), alert_id);
+    // The signature, computed here independently over the exact bytes received.
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"whsec-test-key").unwrap();
+    mac.update(&request.body);
+    assert_eq!(
+        header(request, "x-signature-256"),
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    );
+    let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+    let keys: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys.iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>(),
+        [
+            "account_id",
+            "alert_id",
+            "balance",
+            "created_at",
+            "currency",
+            "owner_email",
+            "owner_name",
+            "threshold"
+        ]
+        .into()
+    );
+    assert_eq!(body["alert_id"], alert_id.as_str());
+    assert_eq!(body["account_id"], id.as_str());
+    assert_eq!(body["owner_email"], "alice@example.com");
+    assert_eq!(body["owner_name"], "Alice");
+    assert_eq!(
+        (body["balance"].as_str(), body["threshold"].as_str()),
+        (Some("49.00"), Some("50.00"))
+    );
+    assert_eq!(body["currency"], "USD");
+    assert!(chrono::DateTime::parse_from_rfc3339(body["created_at"].as_str().unwrap()).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_posts_the_reference_wording_with_bank_data_escaped() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/services/T0/B0/XYZ"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    app.insert_account(NewAccount {
+        name: Some("<!channel> & Co"),
+        ..NewAccount::new("co@example.com", 4_900)
+    })
+    .await;
+    let url = format!("{}/services/T0/B0/XYZ", server.uri());
+    let ctx = context(
+        &app,
+        &[
+            ("NOTIFY__CHANNELS", "slack"),
+            ("NOTIFY__SLACK__WEBHOOK_URL", &url),
+        ],
+    );
+
+    assert_eq!(sweep(&ctx).await.sent, 1);
+
+    let requests = server.received_requests().await.unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&requests[0].body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"text": "⚠️ Low balance alert for &lt;!channel&gt; &amp; Co (co@example.com): $49.00 < $50.00"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_500_then_200_is_retried_to_exactly_one_success_under_one_alert_id() {
+    let mut app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    let id = app
+        .insert_account(NewAccount::new("retry@example.com", 100))
+        .await;
+    let ctx = context(&app, &env_refs(&webhook_env(&server)));
+
+    let summary = sweep(&ctx).await;
+    assert_eq!((summary.sent, summary.failed), (1, 0));
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        header(&requests[0], "idempotency-key"),
+        header(&requests[1], "idempotency-key")
+    );
+    let row = &app.alert_rows(&id).await[0];
+    assert_eq!((row.status.as_str(), row.attempts), ("sent", 2));
+    let audit = app.finish_audit();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(
+        (audit[0]["event"].as_str(), audit[0]["attempts"].as_u64()),
+        (Some("alert_sent"), Some(2))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_400_is_not_retried_and_is_recorded_failed() {
+    let mut app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_string("bad payload"))
+        .mount(&server)
+        .await;
+    let id = app
+        .insert_account(NewAccount::new("reject@example.com", 100))
+        .await;
+    let ctx = context(&app, &env_refs(&webhook_env(&server)));
+
+    let summary = sweep(&ctx).await;
+    assert_eq!((summary.sent, summary.failed), (0, 1));
+    assert_eq!(
+        server.received_requests().await.unwrap().len(),
+        1,
+        "permanent: one attempt"
+    );
+    let row = &app.alert_rows(&id).await[0];
+    assert_eq!((row.status.as_str(), row.attempts), ("failed", 1));
+    assert!(
+        row.last_error.as_deref().unwrap().contains("HTTP 400"),
+        "{:?}",
+        row.last_error
+    );
+    let audit = app.finish_audit();
+    assert_eq!(audit[0]["event"], "alert_failed");
+    assert!(
+        audit[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("permanent: HTTP 400 Bad Request: bad payload")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_retry_after_is_honoured() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let server = MockServer::start().await;
+    let busy = ResponseTemplate::new(429).insert_header("Retry-After", "1");
+    Mock::given(method("POST"))
+        .respond_with(busy)
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    app.insert_account(NewAccount::new("busy@example.com", 100))
+        .await;
+    let ctx = context(&app, &env_refs(&webhook_env(&server)));
+
+    let started = Instant::now();
+    assert_eq!(sweep(&ctx).await.sent, 1);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(1),
+        "retried after {waited:?}, before Retry-After"
+    );
+    assert!(waited < Duration::from_secs(3), "took {waited:?}");
+    assert_eq!(server.received_requests().await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_receiver_times_out_as_a_transient_failure() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(30)))
+        .mount(&server)
+        .await;
+    let id = app
+        .insert_account(NewAccount::new("hang@example.com", 100))
+        .await;
+    let mut env = webhook_env(&server);
+    env.push(("DELIVERY__TIMEOUT", "300ms".into()));
+    env.push(("DELIVERY__MAX_ATTEMPTS", "2".into()));
+    let ctx = context(&app, &env_refs(&env));
+
+    let started = Instant::now();
+    assert_eq!(sweep(&ctx).await.failed, 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    let row = &app.alert_rows(&id).await[0];
+    assert_eq!(
+        (row.status.as_str(), row.attempts),
+        ("failed", 2),
+        "transient: retried"
+    );
+    assert!(
+        row.last_error.as_deref().unwrap().contains("timed out"),
+        "{:?}",
+        row.last_error
+    );
+}
+
+/// An aiosmtpd server on a loopback port; messages land in a JSON Lines file.
+struct SmtpServer {
+    child: Child,
+    port: u16,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmtpServer {
+    fn start(port: u16, refuse_first: usize, code: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("mail.jsonl");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smtp_server.py");
+        let mut child = Command::new("python3")
+            .args([
+                script,
+                &port.to_string(),
+                out.to_str().unwrap(),
+                &refuse_first.to_string(),
+                &code.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with aiosmtpd (scripts/test.sh installs it)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "the SMTP test server did not start (is aiosmtpd installed?)"
+        );
+        Self {
+            child,
+            port,
+            out,
+            _dir: dir,
+        }
+    }
+
+    fn messages(&self) -> Vec<serde_json::Value> {
+        crate::helpers::read_json_lines(self.out.clone())
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn email_env(port: u16) -> Vec<(&'static str, String)> {
+    vec![
+        ("NOTIFY__CHANNELS", "email".into()),
+        (
+            "NOTIFY__EMAIL__SMTP_URL",
+            format!("smtp://127.0.0.1:{port}"),
+        ),
+        (
+            "NOTIFY__EMAIL__FROM",
+            "Bank Alerts <alerts@bank.example>".into(),
+        ),
+        ("DELIVERY__TIMEOUT", "2s".into()),
+        ("DELIVERY__RETRY_INITIAL_BACKOFF", "10ms".into()),
+        ("DELIVERY__RETRY_MAX_BACKOFF", "50ms".into()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_reaches_a_real_smtp_server_with_recipient_sender_subject_message_id_and_body() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let smtp = SmtpServer::start(free_port(), 0, 451);
+    let id = app
+        .insert_account(NewAccount {
+            name: Some("Alice"),
+            ..NewAccount::new("alice@example.com", 4_900)
+        })
+        .await;
+    let ctx = context(&app, &env_refs(&email_env(smtp.port)));
+
+    assert_eq!(sweep(&ctx).await.sent, 1);
+
+    let messages = smtp.messages();
+    let [mail] = messages.as_slice() else {
+        panic!("expected one e-mail, got {messages:?}")
+    };
+    assert_eq!(mail["rcpt_tos"], serde_json::json!(["alice@example.com"]));
+    assert_eq!(mail["mail_from"], "alerts@bank.example");
+    let data = mail["data"].as_str().unwrap();
+    let alert_id = app.alert_rows(&id).await[0].id.clone();
+    assert!(
+        data.contains("From: \"Bank Alerts\" <alerts@bank.example>"),
+        "{data}"
+    );
+    assert!(data.contains("To: Alice <alice@example.com>"), "{data}");
+    assert!(data.contains("Subject: Low balance alert"), "{data}");
+    assert!(
+        data.contains(&format!("Message-ID: <{alert_id}@bank.example>")),
+        "{data}"
+    );
+    assert!(
+        data.contains("Hi Alice, your balance ($49.00) is below $50.00"),
+        "{data}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_down_is_a_transient_failure_and_the_next_sweep_delivers_once() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let port = free_port();
+    let id = app
+        .insert_account(NewAccount::new("later@example.com", 100))
+        .await;
+    let ctx = context(&app, &env_refs(&email_env(port)));
+
+    assert_eq!(sweep(&ctx).await.failed, 1);
+    let row = &app.alert_rows(&id).await[0];
+    assert_eq!(
+        (row.status.as_str(), row.attempts),
+        ("failed", 3),
+        "transient: all attempts used"
+    );
+    let alert_id = row.id.clone();
+
+    let smtp = SmtpServer::start(port, 0, 451);
+    assert_eq!(sweep(&ctx).await.sent, 1);
+    assert_eq!(sweep(&ctx).await.sent, 0, "then in cooldown");
+    assert_eq!(smtp.messages().len(), 1);
+    assert!(
+        smtp.messages()[0]["data"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("Message-ID: <{alert_id}@"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_4xx_is_retried_and_5xx_is_not() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let transient = SmtpServer::start(free_port(), 1, 451);
+    let id = app
+        .insert_account(NewAccount::new("soft@example.com", 100))
+        .await;
+    let ctx = context(&app, &env_refs(&email_env(transient.port)));
+    assert_eq!(sweep(&ctx).await.sent, 1);
+    assert_eq!(app.alert_rows(&id).await[0].attempts, 2);
+    assert_eq!(transient.messages().len(), 1);
+
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let permanent = SmtpServer::start(free_port(), 1, 550);
+    let id = app
+        .insert_account(NewAccount::new("hard@example.com", 100))
+        .await;
+    let ctx = context(&app, &env_refs(&email_env(permanent.port)));
+    assert_eq!(sweep(&ctx).await.failed, 1);
+    let row = &app.alert_rows(&id).await[0];
+    assert_eq!((row.status.as_str(), row.attempts), ("failed", 1));
+    assert!(
+        row.last_error.as_deref().unwrap().contains("550"),
+        "{:?}",
+        row.last_error
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slack_outage_does_not_resend_emails() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let smtp = SmtpServer::start(free_port(), 0, 451);
+    let slack = MockServer::start().await;
+    let outage = Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount_as_scoped(&slack)
+        .await;
+    for i in 0..3 {
+        app.insert_account(NewAccount::new(&format!("f{i}@example.com"), 100))
+            .await;
+    }
+    let mut env = email_env(smtp.port);
+    env[0].1 = "email,slack".into();
+    env.push((
+        "NOTIFY__SLACK__WEBHOOK_URL",
+        format!("{}/services/x", slack.uri()),
+    ));
+    let ctx = context(&app, &env_refs(&env));
+
+    let first = sweep(&ctx).await;
+    assert_eq!(
+        (first.eligible, first.sent, first.failed),
+        (3, 3, 3),
+        "e-mails sent, Slack failed"
+    );
+    drop(outage);
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&slack)
+        .await;
+    let second = sweep(&ctx).await;
+    assert_eq!(
+        (second.eligible, second.sent, second.failed),
+        (3, 3, 0),
+        "only Slack retried"
+    );
+    assert_eq!(smtp.messages().len(), 3, "no e-mail sent twice");
+    assert_eq!(sweep(&ctx).await.sent, 0);
+}

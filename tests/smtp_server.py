@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""A real SMTP server on loopback for the integration tests (aiosmtpd).
+
+usage: smtp_server.py PORT OUTFILE [FAIL_FIRST CODE]
+
+Every accepted message is appended to OUTFILE as one JSON line
+{"mail_from": ..., "rcpt_tos": [...], "data": "<the raw message>"}. With FAIL_FIRST and
+CODE, the first FAIL_FIRST messages are refused at DATA with that SMTP reply code (451 is
+transient, 550 permanent). Prints "ready" once it accepts connections; runs until killed.
+"""
+import asyncio
+import json
+import sys
+
+from aiosmtpd.controller import Controller
+
+
+class Recorder:
+    def __init__(self, outfile, fail_first, code):
+        self.outfile = outfile
+        self.fail_left = fail_first
+        self.code = code
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.fail_left > 0:
+            self.fail_left -= 1
+            return f"{self.code} refused by the test server"
+        record = {
+            "mail_from": envelope.mail_from,
+            "rcpt_tos": envelope.rcpt_tos,
+            "data": envelope.content.decode("utf-8", errors="replace"),
+        }
+        with open(self.outfile, "a", encoding="utf-8") as out:
+            out.write(json.dumps(record) + "\n")
+        return "250 OK"
+
+
+def main():
+    port = int(sys.argv[1])
+    outfile = sys.argv[2]
+    fail_first = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+    code = sys.argv[4] if len(sys.argv) > 4 else "451"
+    controller = Controller(Recorder(outfile, fail_first, code), hostname="127.0.0.1", port=port)
+    controller.start()
+    print("ready", flush=True)
+    try:
+        asyncio.new_event_loop().run_forever()
+    finally:
+        controller.stop()
+
+
+if __name__ == "__main__":
+    main()
