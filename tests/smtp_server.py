@@ -1,18 +1,21 @@
 #!/usr/bin/env python3
 """A real SMTP server on loopback for the integration tests (aiosmtpd).
 
-usage: smtp_server.py PORT OUTFILE [FAIL_FIRST CODE]
+usage: smtp_server.py PORT OUTFILE [FAIL_FIRST CODE [USER PASSWORD]]
 
 Every accepted message is appended to OUTFILE as one JSON line
 {"mail_from": ..., "rcpt_tos": [...], "data": "<the raw message>"}. With FAIL_FIRST and
 CODE, the first FAIL_FIRST messages are refused at DATA with that SMTP reply code (451 is
-transient, 550 permanent). Prints "ready" once it accepts connections; runs until killed.
+transient, 550 permanent). With USER and PASSWORD, AUTH (PLAIN or LOGIN) with exactly those
+credentials is required before MAIL (allowed without TLS: this is loopback). Prints "ready" once it accepts connections; runs until killed.
 """
 import asyncio
 import json
 import sys
+import warnings
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 
 class Recorder:
@@ -36,11 +39,21 @@ class Recorder:
 
 
 def main():
+    # AUTH without TLS is deliberate here (loopback only); keep the test output clean.
+    warnings.filterwarnings("ignore")
     port = int(sys.argv[1])
     outfile = sys.argv[2]
     fail_first = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     code = sys.argv[4] if len(sys.argv) > 4 else "451"
-    controller = Controller(Recorder(outfile, fail_first, code), hostname="127.0.0.1", port=port)
+    auth = {}
+    if len(sys.argv) > 6:
+        user, password = sys.argv[5].encode(), sys.argv[6].encode()
+
+        def authenticator(server, session, envelope, mechanism, auth_data):
+            return AuthResult(success=(auth_data.login, auth_data.password) == (user, password))
+
+        auth = {"auth_required": True, "auth_require_tls": False, "authenticator": authenticator}
+    controller = Controller(Recorder(outfile, fail_first, code), hostname="127.0.0.1", port=port, **auth)
     controller.start()
     print("ready", flush=True)
     try:

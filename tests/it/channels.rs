@@ -319,6 +319,11 @@ struct SmtpServer {
 
 impl SmtpServer {
     fn start(port: u16, refuse_first: usize, code: u16) -> Self {
+        Self::start_with(port, refuse_first, code, &[])
+    }
+
+    /// `auth`: `[user, password]` to require SMTP AUTH.
+    fn start_with(port: u16, refuse_first: usize, code: u16, auth: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("mail.jsonl");
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smtp_server.py");
@@ -330,6 +335,7 @@ impl SmtpServer {
                 &refuse_first.to_string(),
                 &code.to_string(),
             ])
+            .args(auth)
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 with aiosmtpd (scripts/test.sh installs it)");
@@ -523,4 +529,37 @@ async fn a_slack_outage_does_not_resend_emails() {
     );
     assert_eq!(smtp.messages().len(), 3, "no e-mail sent twice");
     assert_eq!(sweep(&ctx).await.sent, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_auth_credentials_come_from_the_url_or_from_separate_keys() {
+    // From the URL.
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let smtp = SmtpServer::start_with(free_port(), 0, 451, &["alerts", "s3cret"]);
+    app.insert_account(NewAccount::new("auth1@example.com", 100))
+        .await;
+    let mut env = email_env(smtp.port);
+    env[1].1 = format!("smtp://alerts:s3cret@127.0.0.1:{}", smtp.port);
+    assert_eq!(sweep(&context(&app, &env_refs(&env))).await.sent, 1);
+    assert_eq!(smtp.messages().len(), 1);
+
+    // From notify.email.username / password.
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    app.insert_account(NewAccount::new("auth2@example.com", 100))
+        .await;
+    let mut env = email_env(smtp.port);
+    env.push(("NOTIFY__EMAIL__USERNAME", "alerts".into()));
+    env.push(("NOTIFY__EMAIL__PASSWORD", "s3cret".into()));
+    assert_eq!(sweep(&context(&app, &env_refs(&env))).await.sent, 1);
+    assert_eq!(smtp.messages().len(), 2);
+
+    // Wrong credentials: the server refuses with 535, a permanent failure.
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    app.insert_account(NewAccount::new("auth3@example.com", 100))
+        .await;
+    let mut env = email_env(smtp.port);
+    env.push(("NOTIFY__EMAIL__USERNAME", "alerts".into()));
+    env.push(("NOTIFY__EMAIL__PASSWORD", "wrong".into()));
+    assert_eq!(sweep(&context(&app, &env_refs(&env))).await.failed, 1);
+    assert_eq!(smtp.messages().len(), 2);
 }

@@ -195,6 +195,18 @@ fn bad_configuration_exits_2_naming_the_key() {
             "database.url",
         ),
         ("[log]\nformat = \"xml\"", "log.format"),
+        (
+            "[notify]\nchannels = [\"webhook\"]\n[notify.webhook]\nurl = \"http://10.0.0.1/hook\"",
+            "notify.webhook.url",
+        ),
+        (
+            "[notify]\nchannels = [\"email\"]\n[notify.email]\nsmtp_url = \"smtp://h\"\nbody = \"{{ balanse }}\"",
+            "notify.email.body",
+        ),
+        (
+            "[notify]\nchannels = [\"slack\"]\n[notify.slack]\nwebhook_url = \"https://h/x\"\ntext = \"{% if %}\"",
+            "notify.slack.text",
+        ),
     ];
     for (toml, key) in cases {
         let path = dir.path().join("bad.toml");
