@@ -81,13 +81,13 @@ impl BalanceAlert {
         let outcomes = ctx
             .channel_names()
             .map(|channel| {
-                let outcome = match delivered.iter().find(|d| &d.claim.channel == channel) {
+                let outcome = match delivered.iter().find(|d| &d.channel == channel) {
                     Some(d) => match &d.outcome.result {
                         Ok(_) => ChannelOutcome::Sent {
-                            alert_id: d.claim.alert_id.clone(),
+                            alert_id: d.outcome.alert_id.clone(),
                         },
                         Err(e) => ChannelOutcome::Failed {
-                            alert_id: d.claim.alert_id.clone(),
+                            alert_id: d.outcome.alert_id.clone(),
                             error: e.message.clone(),
                         },
                     },

@@ -13,12 +13,15 @@ use tracing::{debug, error, warn};
 
 use super::{AlertContext, DeliveryPolicy};
 use crate::domain::ports::{AuditEntry, AuditEvent, Channel, StoreError};
-use crate::domain::{AlertMessage, Claim, DeliveryError, DeliveryOutcome, EmailAddress};
+use crate::domain::{
+    AlertMessage, ChannelName, Claim, DeliveryError, DeliveryOutcome, EmailAddress,
+};
 
-/// One claim and what became of it.
+/// What became of one claim (the claim itself is dropped once delivered: a sweep holds
+/// thousands of them).
 #[derive(Debug, Clone)]
 pub struct Delivered {
-    pub claim: Claim,
+    pub channel: ChannelName,
     pub outcome: DeliveryOutcome,
 }
 
@@ -49,7 +52,7 @@ pub async fn deliver_claims(
             deliver_one(ctx, channel, claim)
         })
         .buffer_unordered(ctx.delivery.concurrency.max(1));
-    let mut delivered = Vec::new();
+    let mut delivered: Vec<(ChannelName, DeliveryOutcome)> = Vec::new();
     loop {
         tokio::select! {
             biased;
@@ -61,16 +64,21 @@ pub async fn deliver_claims(
         }
     }
     drop(in_flight);
-    let outcomes: Vec<DeliveryOutcome> = delivered.iter().map(|d| d.outcome.clone()).collect();
+    let (channels, outcomes): (Vec<ChannelName>, Vec<DeliveryOutcome>) =
+        delivered.into_iter().unzip();
     ctx.store.record_outcomes(&outcomes).await?;
-    Ok(delivered)
+    Ok(channels
+        .into_iter()
+        .zip(outcomes)
+        .map(|(channel, outcome)| Delivered { channel, outcome })
+        .collect())
 }
 
 async fn deliver_one(
     ctx: &AlertContext,
     channel: Option<Arc<dyn Channel>>,
     claim: Claim,
-) -> Delivered {
+) -> (ChannelName, DeliveryOutcome) {
     let (attempts, result, recipient) =
         match (channel, EmailAddress::parse(&claim.account.owner_email)) {
             (None, _) => (
@@ -112,7 +120,7 @@ async fn deliver_one(
         result: result.map(|()| finished_at),
     };
     audit(ctx, &claim, &outcome, recipient);
-    Delivered { claim, outcome }
+    (claim.channel, outcome)
 }
 
 /// Sends with the per-attempt timeout, retrying transient failures. Returns the attempts made.

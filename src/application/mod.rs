@@ -81,7 +81,7 @@ fn plan_requests<'a>(
         }
         if !channels.is_empty() {
             requests.push(ClaimRequest {
-                account_id: account.id.clone(),
+                account: account.clone(),
                 channels,
             });
         }

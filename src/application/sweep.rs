@@ -6,11 +6,13 @@ use std::time::Instant;
 
 use futures::TryStreamExt;
 use serde::Serialize;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::{AlertContext, dispatch, plan_requests};
-use crate::domain::ports::{LockWait, StoreError};
+use super::{AlertContext, dispatch};
+use crate::domain::ports::{CandidateQuery, ClaimRequest, LockWait, StoreError};
+use crate::domain::{Account, Claim};
 
 /// Why a sweep did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -26,14 +28,14 @@ pub enum SweepError {
 /// count accounts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct SweepSummary {
-    /// Accounts strictly below their effective threshold.
+    /// Accounts strictly below their effective threshold when the sweep started.
     pub below_threshold: u64,
-    /// Of those, accounts that got at least one delivery claimed by this sweep.
+    /// Accounts that got at least one delivery claimed by this sweep.
     pub eligible: u64,
     pub sent: u64,
     pub failed: u64,
     /// Below threshold but nothing to deliver now: every channel in cooldown or in flight
-    /// (possibly claimed by a concurrent sweep). `below_threshold = eligible + in_cooldown`.
+    /// (possibly claimed by a concurrent sweep). `below_threshold - eligible`.
     pub in_cooldown: u64,
     pub duration_ms: u64,
 }
@@ -53,9 +55,13 @@ impl fmt::Display for SweepSummary {
     }
 }
 
-/// The reference's `BulkBalanceAlertService`, set-based: accounts are read in keyset pages,
-/// each page is claimed in one transaction, delivered concurrently and recorded in one
-/// batch, so memory stays flat and the database sees a few statements per page.
+/// Deliveries of one page, running while the next page is read and claimed.
+type InFlight = JoinHandle<Result<(usize, Vec<dispatch::Delivered>), StoreError>>;
+
+/// The reference's `BulkBalanceAlertService`, set-based: the database picks the candidates
+/// (below threshold, not blocked on some channel) in keyset pages; each page is claimed in
+/// one transaction, then delivered concurrently and recorded in one batch while the next
+/// page is read and claimed. Memory holds at most two pages.
 pub struct BulkBalanceAlert {
     ctx: AlertContext,
 }
@@ -79,47 +85,53 @@ impl BulkBalanceAlert {
     ) -> Result<SweepSummary, SweepError> {
         let started = Instant::now();
         let ctx = &self.ctx;
-        let mut summary = SweepSummary::default();
-        let mut pages = ctx
-            .store
-            .accounts_below_threshold(ctx.policy.default_threshold, ctx.delivery.batch_size);
-        while let Some(page) = pages.try_next().await? {
-            if abandon.is_cancelled() {
-                return Err(SweepError::Abandoned(summary));
-            }
-            let now = ctx.clock.now();
-            let ids: Vec<_> = page.iter().map(|a| a.id.clone()).collect();
-            let records = ctx
+        let now = ctx.clock.now();
+        let mut summary = SweepSummary {
+            below_threshold: ctx
                 .store
-                .open_and_recent_alerts(&ids, ctx.policy.cooldown_cutoff(now))
-                .await?;
-            let (requests, _) = plan_requests(ctx, &page, &records, now);
-            let claims = ctx
-                .store
-                .claim(&requests, &ctx.policy, now, LockWait::Skip)
-                .await?;
-            let eligible = claims
+                .count_below_threshold(ctx.policy.default_threshold)
+                .await?,
+            ..SweepSummary::default()
+        };
+        let channels: Vec<_> = ctx.channels.iter().map(|c| c.name().clone()).collect();
+        let mut pages = ctx.store.claim_candidates(CandidateQuery {
+            default_threshold: ctx.policy.default_threshold,
+            channels: channels.clone(),
+            cooldown_cutoff: ctx.policy.cooldown_cutoff(now),
+            claim_expiry: ctx.policy.claim_expiry(now),
+            page_size: ctx.delivery.batch_size,
+        });
+        let mut in_flight: Option<InFlight> = None;
+        let result = loop {
+            let page = match pages.try_next().await {
+                Ok(Some(page)) if !abandon.is_cancelled() => page,
+                Ok(_) => break Ok(()),
+                Err(e) => break Err(SweepError::Store(e)),
+            };
+            let claims = match self.claim(page, &channels).await {
+                Ok(claims) => claims,
+                Err(e) => break Err(e.into()),
+            };
+            summary.eligible += claims
                 .iter()
                 .map(|c| &c.account.id)
                 .collect::<HashSet<_>>()
                 .len() as u64;
-            let page_len = page.len() as u64;
-            summary.below_threshold += page_len;
-            summary.eligible += eligible;
-            summary.in_cooldown += page_len - eligible;
-            let claimed = claims.len();
-            let delivered = dispatch::deliver_claims(ctx, claims, abandon).await?;
-            let complete = delivered.len() == claimed;
-            for delivered in delivered {
-                match delivered.outcome.result {
-                    Ok(_) => summary.sent += 1,
-                    Err(_) => summary.failed += 1,
-                }
+            if let Some(previous) = in_flight.take()
+                && let Err(e) = Self::settle(previous, &mut summary).await
+            {
+                break Err(e);
             }
-            if !complete {
-                return Err(SweepError::Abandoned(summary));
-            }
+            in_flight = Some(self.deliver(claims, abandon));
+        };
+        if let Some(previous) = in_flight.take() {
+            Self::settle(previous, &mut summary).await?;
         }
+        result?;
+        if abandon.is_cancelled() {
+            return Err(SweepError::Abandoned(summary));
+        }
+        summary.in_cooldown = summary.below_threshold.saturating_sub(summary.eligible);
         summary.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         info!(
             below_threshold = summary.below_threshold,
@@ -131,5 +143,55 @@ impl BulkBalanceAlert {
             "Sweep finished."
         );
         Ok(summary)
+    }
+
+    async fn claim(
+        &self,
+        page: Vec<Account>,
+        channels: &[crate::domain::ChannelName],
+    ) -> Result<Vec<Claim>, StoreError> {
+        let ctx = &self.ctx;
+        let requests: Vec<ClaimRequest> = page
+            .into_iter()
+            .map(|account| ClaimRequest {
+                account,
+                channels: channels.to_vec(),
+            })
+            .collect();
+        ctx.store
+            .claim(&requests, &ctx.policy, ctx.clock.now(), LockWait::Skip)
+            .await
+    }
+
+    fn deliver(&self, claims: Vec<Claim>, abandon: &CancellationToken) -> InFlight {
+        let (ctx, abandon) = (self.ctx.clone(), abandon.clone());
+        tokio::spawn(async move {
+            let claimed = claims.len();
+            let delivered = dispatch::deliver_claims(&ctx, claims, &abandon).await?;
+            Ok((claimed, delivered))
+        })
+    }
+
+    /// Waits for a page's deliveries and counts them.
+    async fn settle(in_flight: InFlight, summary: &mut SweepSummary) -> Result<(), SweepError> {
+        let (claimed, delivered) = match in_flight.await {
+            Ok(result) => result?,
+            // The task panicked: its claims stay pending, expire and are retried.
+            Err(e) => {
+                return Err(
+                    StoreError::Unexpected(anyhow::anyhow!("delivery task failed: {e}")).into(),
+                );
+            }
+        };
+        for d in &delivered {
+            match d.outcome.result {
+                Ok(_) => summary.sent += 1,
+                Err(_) => summary.failed += 1,
+            }
+        }
+        if delivered.len() < claimed {
+            return Err(SweepError::Abandoned(*summary));
+        }
+        Ok(())
     }
 }

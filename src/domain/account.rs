@@ -38,7 +38,9 @@ pub struct Account {
     pub balance: Money,
     /// The customer's own threshold; `None` means the configured default applies.
     pub threshold_override: Option<Money>,
-    pub updated_at: DateTime<Utc>,
+    /// When the bank last wrote the row; `None` when the read did not fetch it (the
+    /// sweep's candidate scan is index-only and does not need it).
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 impl Account {
@@ -77,7 +79,7 @@ mod tests {
             owner_name: None,
             balance: Money::from_minor(balance),
             threshold_override: threshold.map(Money::from_minor),
-            updated_at: DateTime::UNIX_EPOCH,
+            updated_at: None,
         }
     }
 

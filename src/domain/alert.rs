@@ -136,6 +136,11 @@ impl AlertPolicy {
         now - to_delta(self.cooldown)
     }
 
+    /// `pending` claims taken after this instant are live; older ones were abandoned.
+    pub fn claim_expiry(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now - to_delta(self.claim_timeout)
+    }
+
     /// Decides for one account and channel from that pair's stored alerts (the unresolved
     /// one, if any, and those sent since [`Self::cooldown_cutoff`]; older ones are ignored).
     pub fn decide<'a>(
@@ -144,7 +149,7 @@ impl AlertPolicy {
         records: impl IntoIterator<Item = &'a AlertRecord>,
     ) -> Decision {
         let cutoff = self.cooldown_cutoff(now);
-        let claim_expiry = now - to_delta(self.claim_timeout);
+        let claim_expiry = self.claim_expiry(now);
         let mut unresolved = None;
         for record in records {
             if let Some(sent_at) = record.sent_at.filter(|sent| *sent >= cutoff) {

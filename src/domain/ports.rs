@@ -36,11 +36,24 @@ pub enum LockWait {
     Wait,
 }
 
-/// The channels a caller wants to claim for one account.
+/// The channels a caller wants to claim for one account, as the caller read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimRequest {
-    pub account_id: AccountId,
+    pub account: Account,
     pub channels: Vec<ChannelName>,
+}
+
+/// What a sweep asks the store for: accounts below their threshold that are not blocked
+/// (sent within the cooldown, or claimed and still live) on at least one channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CandidateQuery {
+    pub default_threshold: Money,
+    pub channels: Vec<ChannelName>,
+    /// Alerts sent at or after this block.
+    pub cooldown_cutoff: DateTime<Utc>,
+    /// `pending` claims taken after this are live and block.
+    pub claim_expiry: DateTime<Utc>,
+    pub page_size: u32,
 }
 
 /// Accounts and their alert log.
@@ -50,13 +63,17 @@ pub trait AlertStore: Send + Sync {
     /// be reached.
     async fn find_account(&self, id: &AccountId) -> Result<Option<Account>, StoreError>;
 
-    /// Every account strictly below its effective threshold (its own, else `default_threshold`),
-    /// in pages of at most `page_size`, each account exactly once, without holding more than
-    /// one page in memory. A failed page read MUST end the stream with that error.
-    fn accounts_below_threshold(
+    /// How many accounts are strictly below their effective threshold (their own, else
+    /// `default_threshold`).
+    async fn count_below_threshold(&self, default_threshold: Money) -> Result<u64, StoreError>;
+
+    /// The sweep's candidates: every account strictly below its effective threshold that is
+    /// not blocked on at least one of the query's channels, in pages of at most `page_size`,
+    /// each account at most once, never more than one page in memory. A read without locks:
+    /// [`Self::claim`] decides again. A failed page read MUST end the stream with that error.
+    fn claim_candidates(
         &self,
-        default_threshold: Money,
-        page_size: u32,
+        query: CandidateQuery,
     ) -> BoxStream<'static, Result<Vec<Account>, StoreError>>;
 
     /// The alerts of these accounts that can block or be retried: every unresolved one
@@ -67,8 +84,8 @@ pub trait AlertStore: Send + Sync {
         sent_since: DateTime<Utc>,
     ) -> Result<Vec<AlertRecord>, StoreError>;
 
-    /// Atomically claims deliveries: locks the accounts, re-reads them and their alerts after
-    /// the lock is held, decides again under `policy`, writes `pending` rows (new ids for
+    /// Atomically claims deliveries: locks the accounts, re-reads their alerts after the lock
+    /// is held, decides again under `policy` (with the accounts as the caller read them), writes `pending` rows (new ids for
     /// [`Decision::New`](super::Decision::New), the old id for a retry) and commits. Two
     /// callers — in this process or another — MUST never both receive a claim for the same
     /// account and channel while one is live. Returns only the claims this caller now owns.

@@ -11,8 +11,9 @@ use tracing_appender::rolling::{RollingFileAppender, Rotation};
 use crate::config::LogRotation;
 use crate::domain::ports::{AuditEntry, AuditLog};
 
-/// Lines queued for the writer thread before `record` waits (it never drops).
-const QUEUE_LINES: usize = 64 * 1024;
+/// Lines queued for the writer thread before `record` waits (it never drops). Small enough
+/// to bound memory under load, large enough that the writer thread rarely stalls a sweep.
+const QUEUE_LINES: usize = 4 * 1024;
 
 /// Writes audit entries as JSON Lines into `{dir}/audit.log` (or `audit.YYYY-MM-DD.log`).
 #[derive(Clone)]

@@ -353,8 +353,9 @@ async fn abandoned_claim_expires_and_is_retried_under_the_same_id(backend: Backe
         .insert_account(NewAccount::new("crash@example.com", 100))
         .await;
     // A sweep claims the delivery and crashes before sending.
+    let account = app.store.find_account(&id).await.unwrap().unwrap();
     let request = ClaimRequest {
-        account_id: id.clone(),
+        account,
         channels: vec![ChannelName::new("console")],
     };
     let claims = app
@@ -399,11 +400,11 @@ async fn external_insert_without_updated_at_reads_back_correctly(backend: Backen
     .await;
     let account = app.store.find_account(&id).await.unwrap().expect("account");
     assert_eq!(account.balance, Money::from_minor(4_321));
-    let age = Utc::now() - account.updated_at;
+    let updated_at = account.updated_at.expect("find_account reads updated_at");
+    let age = Utc::now() - updated_at;
     assert!(
         age.abs() < TimeDelta::minutes(2),
-        "updated_at {} is not the database's now",
-        account.updated_at
+        "updated_at {updated_at} is not the database's now"
     );
 }
 

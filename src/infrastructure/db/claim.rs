@@ -24,8 +24,7 @@ use super::entities::{accounts, alert_logs};
 use super::store::{IDS_PER_QUERY, SeaOrmStore, open_and_recent, to_records};
 use crate::domain::ports::{ClaimRequest, LockWait, StoreError};
 use crate::domain::{
-    Account, AlertId, AlertPolicy, AlertRecord, AlertStatus, ChannelName, Claim, Decision,
-    DeliveryOutcome, Money,
+    AlertId, AlertPolicy, AlertRecord, AlertStatus, Claim, Decision, DeliveryOutcome, Money,
 };
 
 /// Rows per multi-row INSERT or CASE-UPDATE: 11 binds a row stays far below SQLite's
@@ -69,11 +68,19 @@ impl SeaOrmStore {
         let locked = lock_accounts(&txn, requests, lock)
             .await
             .map_err(self.err("cannot lock accounts"))?;
-        let locked_ids: Vec<String> = locked.iter().map(|a| a.id.as_str().to_owned()).collect();
+        let requests: Vec<&ClaimRequest> = requests
+            .iter()
+            .filter(|r| locked.contains(r.account.id.as_str()))
+            .collect();
+        let locked_ids: Vec<String> = requests
+            .iter()
+            .map(|r| r.account.id.as_str().to_owned())
+            .collect();
+        // A statement after the lock: its snapshot includes every competitor's committed claim.
         let rows = open_and_recent(&txn, &locked_ids, policy.cooldown_cutoff(now))
             .await
             .map_err(self.err("cannot read alert_logs"))?;
-        let plan = plan_claims(&locked, requests, &to_records(rows)?, policy, now);
+        let plan = plan_claims(&requests, &to_records(rows)?, policy, now);
         let inserted = insert_new(&txn, &plan.new, now)
             .await
             .map_err(self.err("cannot insert claims into alert_logs"))?;
@@ -165,29 +172,31 @@ impl SeaOrmStore {
     }
 }
 
-/// Locks and re-reads the requested accounts. PostgreSQL row locks; on SQLite the
-/// immediate transaction already holds the database's write lock.
+/// Locks the requested accounts and returns the ids this transaction holds. PostgreSQL:
+/// row locks (`SKIP LOCKED` leaves accounts a concurrent sweep is claiming to it); SQLite:
+/// the immediate transaction already holds the database's write lock.
 async fn lock_accounts(
     txn: &DatabaseTransaction,
     requests: &[ClaimRequest],
     lock: LockWait,
-) -> Result<Vec<Account>, sea_orm::DbErr> {
-    let ids: Vec<&str> = requests.iter().map(|r| r.account_id.as_str()).collect();
-    let mut locked = Vec::with_capacity(ids.len());
+) -> Result<HashSet<String>, sea_orm::DbErr> {
+    let ids: Vec<&str> = requests.iter().map(|r| r.account.id.as_str()).collect();
+    if txn.get_database_backend() != DbBackend::Postgres {
+        return Ok(ids.into_iter().map(str::to_owned).collect());
+    }
+    let mut locked = HashSet::with_capacity(ids.len());
     for chunk in ids.chunks(IDS_PER_QUERY) {
-        let mut query = accounts::Entity::find()
+        let query = accounts::Entity::find()
+            .select_only()
+            .column(accounts::Column::Id)
             .filter(accounts::Column::Id.is_in(chunk.iter().copied()))
             // One order for every claimer, so waiting claimers cannot deadlock.
             .order_by_asc(accounts::Column::Id);
-        if txn.get_database_backend() == DbBackend::Postgres {
-            query = match lock {
-                LockWait::Skip => {
-                    query.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
-                }
-                LockWait::Wait => query.lock(LockType::Update),
-            };
-        }
-        locked.extend(query.all(txn).await?.into_iter().map(Account::from));
+        let query = match lock {
+            LockWait::Skip => query.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked),
+            LockWait::Wait => query.lock(LockType::Update),
+        };
+        locked.extend(query.into_tuple::<String>().all(txn).await?);
     }
     Ok(locked)
 }
@@ -199,16 +208,11 @@ struct ClaimPlan {
 }
 
 fn plan_claims(
-    locked: &[Account],
-    requests: &[ClaimRequest],
+    requests: &[&ClaimRequest],
     records: &[AlertRecord],
     policy: &AlertPolicy,
     now: DateTime<Utc>,
 ) -> ClaimPlan {
-    let wanted: HashMap<&str, &[ChannelName]> = requests
-        .iter()
-        .map(|r| (r.account_id.as_str(), r.channels.as_slice()))
-        .collect();
     let mut by_pair: HashMap<(&str, &str), Vec<&AlertRecord>> = HashMap::new();
     for record in records {
         by_pair
@@ -220,13 +224,13 @@ fn plan_claims(
         new: Vec::new(),
         retries: Vec::new(),
     };
-    for account in locked {
-        // The balance may have changed since the caller's unlocked read.
+    for request in requests {
+        let account = &request.account;
         if !account.is_below_threshold(policy.default_threshold) {
             continue;
         }
         let threshold = account.effective_threshold(policy.default_threshold);
-        for channel in wanted.get(account.id.as_str()).copied().unwrap_or_default() {
+        for channel in &request.channels {
             let pair = by_pair.get(&(account.id.as_str(), channel.as_str()));
             let existing = pair.into_iter().flatten().copied();
             let claim = |alert_id, prior_attempts, created_at| Claim {

@@ -14,7 +14,7 @@ impl From<accounts::Model> for Account {
             owner_name: row.owner_name,
             balance: Money::from_minor(row.balance_minor),
             threshold_override: row.alert_threshold_minor.map(Money::from_minor),
-            updated_at: row.updated_at,
+            updated_at: Some(row.updated_at),
         }
     }
 }

@@ -19,9 +19,14 @@ use crate::config::DatabaseSettings;
 use crate::config::redact::mask_url;
 use crate::domain::ports::StoreError;
 
-/// SQLite page cache per connection, in KiB (negative = KiB for the pragma). Larger is
-/// faster on big tables; it is per connection, so it is kept moderate.
-const SQLITE_CACHE_KIB: i64 = 16 * 1024;
+/// SQLite page cache per connection, in KiB. A sweep keeps up to three connections busy
+/// (reading candidates, claiming, recording), so this is kept moderate: 8 MiB measured as
+/// fast as 16 MiB on a million accounts within the 64 MB memory budget (scripts/bench.sh).
+const SQLITE_CACHE_KIB: i64 = 8 * 1024;
+
+/// Checkpoint the WAL every ~40 MB instead of SQLite's 4 MB: a sweep rewrites the same index
+/// pages batch after batch, and fewer checkpoints copy (and fsync) each page fewer times.
+const SQLITE_WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
 
 /// Statements slower than this are logged at WARN: an operator should look at them.
 const SLOW_STATEMENT: Duration = Duration::from_secs(1);
@@ -44,6 +49,10 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(busy_timeout)
             .foreign_keys(true)
+            .pragma(
+                "wal_autocheckpoint",
+                SQLITE_WAL_AUTOCHECKPOINT_PAGES.to_string(),
+            )
             .pragma("cache_size", format!("-{SQLITE_CACHE_KIB}"))
     });
     Database::connect(options)

@@ -5,15 +5,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::{self, BoxStream, StreamExt};
-use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
 use super::entities::{accounts, alert_logs};
 use super::map_db_err;
-use crate::domain::ports::{AlertStore, ClaimRequest, LockWait, StoreError};
+use crate::domain::ports::{AlertStore, CandidateQuery, ClaimRequest, LockWait, StoreError};
 use crate::domain::{Account, AccountId, AlertPolicy, AlertRecord, Claim, DeliveryOutcome, Money};
 
 /// Ids per `IN (...)` list: far below SQLite's 32,766 and PostgreSQL's 65,535 bind limits.
@@ -45,9 +45,9 @@ impl SeaOrmStore {
     }
 }
 
-/// Where the keyset scan of accounts below their threshold stands. Accounts on the
-/// configured threshold are read in (balance, id) order through their partial index,
-/// then accounts with their own threshold in id order through theirs (see the migration).
+/// Where the keyset scan of the sweep's candidates stands. Accounts on the configured
+/// threshold are read in (balance, id) order through their partial index, then accounts
+/// with their own threshold in id order through theirs (see the migrations).
 #[derive(Debug, Clone)]
 enum Scan {
     DefaultThreshold { after: Option<(i64, String)> },
@@ -55,56 +55,126 @@ enum Scan {
     Done,
 }
 
+/// `balance < threshold` for accounts on the configured threshold. Written exactly as the
+/// partial index's predicate, so both planners use it.
+fn on_default_threshold(threshold: Money) -> Condition {
+    use accounts::Column as A;
+    Condition::all()
+        .add(A::AlertThresholdMinor.is_null())
+        .add(A::BalanceMinor.lt(threshold.minor()))
+}
+
+/// `balance < own threshold`, again exactly as the partial index's predicate.
+fn below_own_threshold() -> Condition {
+    use accounts::Column as A;
+    Condition::all()
+        .add(A::AlertThresholdMinor.is_not_null())
+        .add(Expr::col(A::BalanceMinor).lt(Expr::col(A::AlertThresholdMinor)))
+}
+
+/// True when the account is blocked on none of at least one channel: for each channel,
+/// `NOT EXISTS` an alert sent since the cutoff or a live claim. Index-only through
+/// `idx_alert_logs_cooldown`. The same rule as [`AlertPolicy::decide`], which has the last word.
+fn claimable_somewhere(query: &CandidateQuery) -> Condition {
+    use alert_logs::Column as L;
+    query
+        .channels
+        .iter()
+        .fold(Condition::any(), |any, channel| {
+            let blocking = Query::select()
+                .expr(Expr::val(1))
+                .from(alert_logs::Entity)
+                .and_where(
+                    Expr::col((alert_logs::Entity, L::AccountId))
+                        .equals((accounts::Entity, accounts::Column::Id)),
+                )
+                .and_where(Expr::col((alert_logs::Entity, L::Channel)).eq(channel.as_str()))
+                .cond_where(
+                    Condition::any()
+                        .add(Expr::col((alert_logs::Entity, L::SentAt)).gte(query.cooldown_cutoff))
+                        .add(
+                            Condition::all()
+                                .add(Expr::col((alert_logs::Entity, L::Status)).eq("pending"))
+                                .add(
+                                    Expr::col((alert_logs::Entity, L::ClaimedAt))
+                                        .gt(query.claim_expiry),
+                                ),
+                        ),
+                )
+                .to_owned();
+            any.add(Expr::exists(blocking).not())
+        })
+}
+
+/// One candidate row: id, e-mail, name, balance, own threshold.
+type CandidateRow = (String, String, Option<String>, i64, Option<i64>);
+
 async fn next_page(
     db: &DatabaseConnection,
-    threshold: Money,
-    limit: u32,
+    query: &CandidateQuery,
     mut scan: Scan,
-) -> Result<Option<(Vec<accounts::Model>, Scan)>, DbErr> {
+) -> Result<Option<(Vec<CandidateRow>, Scan)>, DbErr> {
     use accounts::Column as A;
+    let limit = Ord::max(query.page_size, 1);
     loop {
         let (rows, next) = match &scan {
             Scan::Done => return Ok(None),
             Scan::DefaultThreshold { after } => {
-                let mut query = accounts::Entity::find()
-                    .filter(A::AlertThresholdMinor.is_null())
-                    .filter(A::BalanceMinor.lt(threshold.minor()));
+                // Only columns of idx_accounts_default_threshold_sweep: an index-only scan.
+                let mut select = accounts::Entity::find()
+                    .select_only()
+                    .columns([A::Id, A::OwnerEmail, A::OwnerName, A::BalanceMinor])
+                    .filter(on_default_threshold(query.default_threshold))
+                    .filter(claimable_somewhere(query));
                 if let Some((balance, id)) = after {
-                    query = query.filter(
+                    select = select.filter(
                         Expr::tuple([Expr::col(A::BalanceMinor), Expr::col(A::Id)])
                             .gt(Expr::tuple([Expr::val(*balance), Expr::val(id.as_str())])),
                     );
                 }
-                let rows = query
+                let rows: Vec<(String, String, Option<String>, i64)> = select
                     .order_by_asc(A::BalanceMinor)
                     .order_by_asc(A::Id)
                     .limit(u64::from(limit))
+                    .into_tuple()
                     .all(db)
                     .await?;
                 let next = match rows.last() {
                     Some(last) if rows.len() == limit as usize => Scan::DefaultThreshold {
-                        after: Some((last.balance_minor, last.id.clone())),
+                        after: Some((last.3, last.0.clone())),
                     },
                     _ => Scan::OwnThreshold { after: None },
                 };
+                let rows = rows
+                    .into_iter()
+                    .map(|(id, email, name, balance)| (id, email, name, balance, None))
+                    .collect();
                 (rows, next)
             }
             Scan::OwnThreshold { after } => {
-                // Written exactly as the partial index's predicate, so the planner uses it.
-                let mut query = accounts::Entity::find()
-                    .filter(A::AlertThresholdMinor.is_not_null())
-                    .filter(Expr::col(A::BalanceMinor).lt(Expr::col(A::AlertThresholdMinor)));
+                let mut select = accounts::Entity::find()
+                    .select_only()
+                    .columns([
+                        A::Id,
+                        A::OwnerEmail,
+                        A::OwnerName,
+                        A::BalanceMinor,
+                        A::AlertThresholdMinor,
+                    ])
+                    .filter(below_own_threshold())
+                    .filter(claimable_somewhere(query));
                 if let Some(id) = after {
-                    query = query.filter(A::Id.gt(id.as_str()));
+                    select = select.filter(A::Id.gt(id.as_str()));
                 }
-                let rows = query
+                let rows: Vec<CandidateRow> = select
                     .order_by_asc(A::Id)
                     .limit(u64::from(limit))
+                    .into_tuple()
                     .all(db)
                     .await?;
                 let next = match rows.last() {
                     Some(last) if rows.len() == limit as usize => Scan::OwnThreshold {
-                        after: Some(last.id.clone()),
+                        after: Some(last.0.clone()),
                     },
                     _ => Scan::Done,
                 };
@@ -116,6 +186,18 @@ async fn next_page(
             continue;
         }
         return Ok(Some((rows, next)));
+    }
+}
+
+fn candidate(row: CandidateRow) -> Account {
+    let (id, owner_email, owner_name, balance, threshold) = row;
+    Account {
+        id: AccountId::new(id),
+        owner_email,
+        owner_name,
+        balance: Money::from_minor(balance),
+        threshold_override: threshold.map(Money::from_minor),
+        updated_at: None,
     }
 }
 
@@ -158,20 +240,34 @@ impl AlertStore for SeaOrmStore {
         Ok(row.map(Account::from))
     }
 
-    fn accounts_below_threshold(
+    async fn count_below_threshold(&self, default_threshold: Money) -> Result<u64, StoreError> {
+        let on_default = accounts::Entity::find()
+            .filter(on_default_threshold(default_threshold))
+            .count(&self.db)
+            .await
+            .map_err(self.err("cannot count accounts"))?;
+        let own = accounts::Entity::find()
+            .filter(below_own_threshold())
+            .count(&self.db)
+            .await
+            .map_err(self.err("cannot count accounts"))?;
+        Ok(on_default + own)
+    }
+
+    fn claim_candidates(
         &self,
-        default_threshold: Money,
-        page_size: u32,
+        query: CandidateQuery,
     ) -> BoxStream<'static, Result<Vec<Account>, StoreError>> {
         let store = self.clone();
+        let query = Arc::new(query);
         let start = Scan::DefaultThreshold { after: None };
         stream::try_unfold(start, move |scan| {
-            let store = store.clone();
+            let (store, query) = (store.clone(), query.clone());
             async move {
-                let page = next_page(&store.db, default_threshold, Ord::max(page_size, 1), scan)
+                let page = next_page(&store.db, &query, scan)
                     .await
                     .map_err(|e| map_db_err(&store.label, "cannot read accounts", e))?;
-                Ok(page.map(|(rows, next)| (rows.into_iter().map(Account::from).collect(), next)))
+                Ok(page.map(|(rows, next)| (rows.into_iter().map(candidate).collect(), next)))
             }
         })
         .boxed()
