@@ -27,9 +27,11 @@ use crate::domain::{
     AlertId, AlertPolicy, AlertRecord, AlertStatus, Claim, Decision, DeliveryOutcome, Money,
 };
 
-/// Rows per multi-row INSERT or CASE-UPDATE: 11 binds a row stays far below SQLite's
-/// 32,766-bind limit, and a CASE of this many arms is cheap to evaluate.
-const ROWS_PER_STATEMENT: usize = 500;
+/// Rows per multi-row INSERT: 9 binds a row stays far below SQLite's 32,766-bind limit.
+const ROWS_PER_INSERT: usize = 1000;
+
+/// Rows per CASE-UPDATE (retries, failures): each row's CASE scans every arm, so keep it short.
+const ROWS_PER_CASE: usize = 200;
 
 /// `last_error` is for people; keep it readable and bounded.
 const MAX_ERROR_CHARS: usize = 1000;
@@ -145,7 +147,7 @@ impl SeaOrmStore {
                     .map_err(self.err("cannot mark alerts sent"))?;
             }
         }
-        for chunk in failed.chunks(ROWS_PER_STATEMENT) {
+        for chunk in failed.chunks(ROWS_PER_CASE) {
             let mut update = Query::update();
             update
                 .table(alert_logs::Entity)
@@ -266,7 +268,7 @@ async fn insert_new(
     now: DateTime<Utc>,
 ) -> Result<HashSet<String>, sea_orm::DbErr> {
     let mut inserted = HashSet::with_capacity(claims.len());
-    for chunk in claims.chunks(ROWS_PER_STATEMENT) {
+    for chunk in claims.chunks(ROWS_PER_INSERT) {
         let mut insert = Query::insert();
         insert.into_table(alert_logs::Entity).columns([
             L::Id,
@@ -312,7 +314,7 @@ async fn reclaim(
     now: DateTime<Utc>,
 ) -> Result<HashSet<String>, sea_orm::DbErr> {
     let mut reclaimed = HashSet::with_capacity(claims.len());
-    for chunk in claims.chunks(ROWS_PER_STATEMENT) {
+    for chunk in claims.chunks(ROWS_PER_CASE) {
         let thresholds = chunk.iter().map(|c| (&c.alert_id, minor(c.threshold)));
         let balances = chunk
             .iter()
