@@ -74,12 +74,13 @@ SELECT gen_random_uuid()::text, 'owner' || i || '@example.com', 'Owner ' || i,
        CASE WHEN i % 10 = 0 THEN floor(random() * 5000)::bigint ELSE 5000 + floor(random() * 1000000)::bigint END
 FROM generate_series(0, $2 - 1) AS i;
 VACUUM ANALYZE accounts;
+CHECKPOINT;
 SQL
 }
 
 reset_alerts() { # backend target
   if [[ $1 == sqlite ]]; then sqlite3 "$2" "DELETE FROM alert_logs; VACUUM;"
-  else psql -q "$2" -c "TRUNCATE alert_logs" -c "VACUUM ANALYZE alert_logs"; fi
+  else psql -q "$2" -c "TRUNCATE alert_logs" -c "VACUUM ANALYZE alert_logs" -c "CHECKPOINT"; fi
 }
 
 # The sweep's database work by hand, in one transaction, with the same schema (foreign keys
@@ -145,6 +146,8 @@ for n in "${SIZES[@]}"; do
     config "$url"
     "$BIN" -c "$WORK/config.toml" migrate >/dev/null
     if [[ $backend == sqlite ]]; then sqlite_load "$target" "$n"; else pg_load "$target" "$n"; fi
+    # Background work after a bulk load (autovacuum, checkpoints) would be measured too.
+    if [[ $backend == postgres ]]; then psql -q "$target" -c "CHECKPOINT"; fi
     read -r wall1 rss1 json1 < <(measure)
     read -r wall2 rss2 _ < <(measure)
     sent=$(json sent "$json1")
