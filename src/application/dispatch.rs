@@ -1,6 +1,6 @@
 //! Delivering claimed alerts: bounded concurrency, per-attempt timeout, retries with capped
 //! jittered exponential backoff (backon), one audit line per outcome as it happens, and the
-//! outcomes recorded in one batch.
+//! outcomes recorded in small batches as they complete.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use backon::{ExponentialBuilder, Retryable};
 use futures::stream::{self, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
 use super::{AlertContext, DeliveryPolicy};
-use crate::domain::ports::{AuditEntry, AuditEvent, Channel, StoreError};
+use crate::domain::ports::{AlertStore, AuditEntry, AuditEvent, Channel, StoreError};
 use crate::domain::{
     AlertMessage, ChannelName, Claim, DeliveryError, DeliveryOutcome, EmailAddress,
 };
@@ -25,14 +26,17 @@ pub struct Delivered {
     pub outcome: DeliveryOutcome,
 }
 
-/// Delivers every claim, audits each outcome, records them all in `alert_logs`.
+/// Delivers every claim, audits each outcome as it happens and records it in `alert_logs`.
 ///
-/// A failing delivery never stops the others. Only the store failing is an error: the
-/// alerts then stay `pending` and are retried once their claims expire.
+/// At most `notify.concurrency` deliveries are ever sent-but-not-recorded: a permit is taken
+/// before a delivery starts and given back only once its outcome is in `alert_logs` (a
+/// recorder task writes them in small batches while deliveries go on). A crash can
+/// therefore repeat at most `notify.concurrency` deliveries, each under its alert id.
 ///
-/// When `abandon` fires (shutdown past its grace), no new delivery starts and those in
-/// flight are dropped; the outcomes already known are still recorded, so at most the
-/// in-flight deliveries (`notify.concurrency`) can be sent again after their claims expire.
+/// A failing delivery never stops the others. The store failing stops this batch: the
+/// unrecorded alerts stay `pending` and are retried once their claims expire. When
+/// `abandon` fires (shutdown past its grace), no new delivery starts, those in flight are
+/// dropped, and what was delivered is still recorded.
 pub async fn deliver_claims(
     ctx: &AlertContext,
     claims: Vec<Claim>,
@@ -41,37 +45,83 @@ pub async fn deliver_claims(
     if claims.is_empty() {
         return Ok(Vec::new());
     }
+    let limit = ctx.delivery.concurrency.max(1);
     let channels: HashMap<_, _> = ctx
         .channels
         .iter()
         .map(|c| (c.name().clone(), c.clone()))
         .collect();
+    let permits = Arc::new(Semaphore::new(limit));
+    let (completed, to_record) = mpsc::channel::<Completed>(limit);
+    let recorder_failed = CancellationToken::new();
+    let recorder = tokio::spawn(record_as_they_come(
+        ctx.store.clone(),
+        to_record,
+        limit,
+        recorder_failed.clone(),
+    ));
     let mut in_flight = stream::iter(claims)
         .map(|claim| {
             let channel = channels.get(&claim.channel).cloned();
-            deliver_one(ctx, channel, claim)
+            let permits = permits.clone();
+            async move {
+                // The semaphore is never closed, so acquiring cannot fail.
+                let permit = permits.acquire_owned().await.ok();
+                (deliver_one(ctx, channel, claim).await, permit)
+            }
         })
-        .buffer_unordered(ctx.delivery.concurrency.max(1));
-    let mut delivered: Vec<(ChannelName, DeliveryOutcome)> = Vec::new();
+        .buffer_unordered(limit);
     loop {
         tokio::select! {
             biased;
             () = abandon.cancelled() => break,
+            () = recorder_failed.cancelled() => break,
             next = in_flight.next() => match next {
-                Some(d) => delivered.push(d),
+                Some(((channel, outcome), permit)) => {
+                    if completed.send(Completed { channel, outcome, _permit: permit }).await.is_err() {
+                        break;
+                    }
+                }
                 None => break,
             },
         }
     }
     drop(in_flight);
-    let (channels, outcomes): (Vec<ChannelName>, Vec<DeliveryOutcome>) =
-        delivered.into_iter().unzip();
-    ctx.store.record_outcomes(&outcomes).await?;
-    Ok(channels
-        .into_iter()
-        .zip(outcomes)
-        .map(|(channel, outcome)| Delivered { channel, outcome })
-        .collect())
+    drop(completed);
+    recorder
+        .await
+        .map_err(|e| StoreError::Unexpected(anyhow::anyhow!("outcome recorder failed: {e}")))?
+}
+
+/// A delivered alert waiting to be recorded; its permit is released when it is.
+struct Completed {
+    channel: ChannelName,
+    outcome: DeliveryOutcome,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Records outcomes in batches of whatever has completed (at most `limit`), releasing their
+/// permits once they are in `alert_logs`.
+async fn record_as_they_come(
+    store: Arc<dyn AlertStore>,
+    mut to_record: mpsc::Receiver<Completed>,
+    limit: usize,
+    failed: CancellationToken,
+) -> Result<Vec<Delivered>, StoreError> {
+    let mut delivered = Vec::new();
+    let mut batch = Vec::with_capacity(limit);
+    while to_record.recv_many(&mut batch, limit).await > 0 {
+        let outcomes: Vec<DeliveryOutcome> = batch.iter().map(|c| c.outcome.clone()).collect();
+        if let Err(e) = store.record_outcomes(&outcomes).await {
+            failed.cancel();
+            return Err(e);
+        }
+        delivered.extend(batch.drain(..).map(|c| Delivered {
+            channel: c.channel,
+            outcome: c.outcome,
+        }));
+    }
+    Ok(delivered)
 }
 
 async fn deliver_one(

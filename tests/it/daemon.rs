@@ -566,7 +566,9 @@ async fn a_sweep_in_progress_finishes_with_the_settings_it_started_with() {
     let runner = daemon.runner();
     let (control, events) = futures::channel::mpsc::unbounded();
     let running = tokio::spawn(daemon.run_until_stopped(events));
+    let deadline = Instant::now() + SECONDS_10;
     while app.console.lines().is_empty() {
+        assert!(Instant::now() < deadline, "no delivery started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Mid-sweep: lower the threshold to 10.00, which none of the accounts is below.
@@ -577,7 +579,9 @@ async fn a_sweep_in_progress_finishes_with_the_settings_it_started_with() {
         "[notify]\nconcurrency = 1\n[alert]\nthreshold = \"10.00\"",
     );
     control.unbounded_send(Control::Reload).unwrap();
+    let deadline = Instant::now() + SECONDS_10;
     while runner.last_summary().is_none() {
+        assert!(Instant::now() < deadline, "the sweep did not finish");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(

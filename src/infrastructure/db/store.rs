@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::{self, BoxStream, StreamExt};
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
@@ -75,13 +75,13 @@ fn below_own_threshold() -> Condition {
 /// True when the account is blocked on none of at least one channel: for each channel,
 /// `NOT EXISTS` an alert sent since the cutoff or a live claim. Index-only through
 /// `idx_alert_logs_cooldown`. The same rule as [`AlertPolicy::decide`], which has the last word.
-fn claimable_somewhere(query: &CandidateQuery) -> Condition {
+fn claimable_somewhere(query: &CandidateQuery, backend: DbBackend) -> Condition {
     use alert_logs::Column as L;
     query
         .channels
         .iter()
         .fold(Condition::any(), |any, channel| {
-            let blocking = Query::select()
+            let mut blocking = Query::select()
                 .expr(Expr::val(1))
                 .from(alert_logs::Entity)
                 .and_where(
@@ -102,6 +102,15 @@ fn claimable_somewhere(query: &CandidateQuery) -> Condition {
                         ),
                 )
                 .to_owned();
+            if backend == DbBackend::Postgres {
+                // An optimization fence: with OFFSET, PostgreSQL keeps the NOT EXISTS as a
+                // per-account index probe instead of turning it into a join. While alert_logs
+                // has no statistics yet (a new deployment, mid-way through its first sweep)
+                // the join it chose was a nested loop over every claim: 922 ms instead of
+                // 5 ms for a page of 2,000 accounts (EXPLAIN ANALYZE). SQLite plans the index
+                // probe anyway (and rejects OFFSET without LIMIT).
+                blocking.offset(0);
+            }
             any.add(Expr::exists(blocking).not())
         })
 }
@@ -125,7 +134,7 @@ async fn next_page(
                     .select_only()
                     .columns([A::Id, A::OwnerEmail, A::OwnerName, A::BalanceMinor])
                     .filter(on_default_threshold(query.default_threshold))
-                    .filter(claimable_somewhere(query));
+                    .filter(claimable_somewhere(query, db.get_database_backend()));
                 if let Some((balance, id)) = after {
                     select = select.filter(
                         Expr::tuple([Expr::col(A::BalanceMinor), Expr::col(A::Id)])
@@ -162,7 +171,7 @@ async fn next_page(
                         A::AlertThresholdMinor,
                     ])
                     .filter(below_own_threshold())
-                    .filter(claimable_somewhere(query));
+                    .filter(claimable_somewhere(query, db.get_database_backend()));
                 if let Some(id) = after {
                     select = select.filter(A::Id.gt(id.as_str()));
                 }
