@@ -3,6 +3,7 @@
 #
 #   eval "$(scripts/pg.sh start)"   # prints: export BALANCE_ALERT_TEST_PG_URL=...; export PG_TEST_ROOT=...
 #   scripts/pg.sh stop "$PG_TEST_ROOT"
+#   scripts/pg.sh pause ROOT / resume ROOT   # stop and restart the server, keeping its data
 #
 # Works as root (initdb and postgres refuse to run as root, so they run as the `postgres`
 # system user, created if missing) and as an ordinary user. Finds the server binaries with
@@ -45,6 +46,7 @@ start() {
   (cd "$root" && as_pg "$bindir/pg_ctl" -D "$root/data" -l "$root/pg.log" -w -t 60 \
     -o "-p $port -k $root -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" start >/dev/null) \
     || { echo "pg.sh: server did not start:" >&2; cat "$root/pg.log" >&2; exit 1; }
+  echo "$port" >"$root/port"
   echo "export BALANCE_ALERT_TEST_PG_URL=postgres://postgres@127.0.0.1:$port/postgres"
   echo "export PG_TEST_ROOT=$root"
   echo "export PG_TEST_BINDIR=$bindir"
@@ -59,8 +61,24 @@ stop() {
   rm -rf "$root"
 }
 
+pause() {
+  local root=${1:?usage: pg.sh pause ROOT} bindir
+  bindir=${PG_TEST_BINDIR:-$(find_bindir)}
+  (cd "$root" && as_pg "$bindir/pg_ctl" -D "$root/data" -m fast -w stop >/dev/null)
+}
+
+resume() {
+  local root=${1:?usage: pg.sh resume ROOT} bindir port
+  bindir=${PG_TEST_BINDIR:-$(find_bindir)}
+  port=$(cat "$root/port")
+  (cd "$root" && as_pg "$bindir/pg_ctl" -D "$root/data" -l "$root/pg.log" -w -t 60 \
+    -o "-p $port -k $root -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" start >/dev/null)
+}
+
 case "${1:-}" in
   start) start ;;
   stop) shift; stop "$@" ;;
-  *) echo "usage: $0 start | stop ROOT" >&2; exit 2 ;;
+  pause) shift; pause "$@" ;;
+  resume) shift; resume "$@" ;;
+  *) echo "usage: $0 start | stop ROOT | pause ROOT | resume ROOT" >&2; exit 2 ;;
 esac

@@ -7,9 +7,12 @@
 //!   100,000 rows below the threshold are one contiguous range read instead of 100,000
 //!   random table lookups. Extra key columns (not PostgreSQL's INCLUDE) keep one definition
 //!   for both backends; (balance_minor, id) is unique, so the order is unchanged.
-//! - The "is this account blocked on this channel?" probe becomes index-only: one index on
-//!   (account_id, channel, sent_at, status, claimed_at) answers both the cooldown check and
-//!   the live-claim check. It replaces the (account_id, sent_at) index.
+//! - The "is this account blocked on this channel?" probe seeks (account_id, channel) and
+//!   reads that pair's few rows. It replaces the (account_id, sent_at) index. Deliberately
+//!   not covering sent_at/status/claimed_at: marking a delivery sent would then rewrite a
+//!   random page of this index too, and recording outcomes in small batches (which bounds
+//!   crash duplicates) made that the dominant cost: 7.0 s vs 4.6 s for a first sweep of
+//!   100,000 alerts on SQLite, with the re-sweep unchanged at 0.1 s.
 
 use sea_orm_migration::prelude::*;
 
@@ -21,7 +24,7 @@ const UP: [&str; 4] = [
      ON accounts (balance_minor, id, owner_email, owner_name, alert_threshold_minor) \
      WHERE alert_threshold_minor IS NULL",
     "DROP INDEX idx_accounts_default_threshold_balance",
-    "CREATE INDEX idx_alert_logs_cooldown ON alert_logs (account_id, channel, sent_at, status, claimed_at)",
+    "CREATE INDEX idx_alert_logs_cooldown ON alert_logs (account_id, channel)",
     "DROP INDEX idx_alert_logs_account_id_sent_at",
 ];
 

@@ -73,8 +73,8 @@ impl Daemon {
             clock,
         };
         let context = adapters.context(&config)?;
-        let systemd = Systemd;
-        let runner = Arc::new(SweepRunner::new(context, systemd));
+        let systemd = Systemd::connect();
+        let runner = Arc::new(SweepRunner::new(context, systemd.clone()));
         let scheduler = JobScheduler::new().await.map_err(scheduler_error)?;
         let job = scheduler
             .add(sweep_job(&config.settings.schedule.cron, &runner)?)
@@ -155,6 +155,7 @@ impl Daemon {
             }
         }
         info!("Stopped.");
+        self.systemd.flush(Duration::from_millis(500));
     }
 
     /// Applies a new configuration, or keeps the running one if the new one is invalid.

@@ -1,53 +1,116 @@
 //! systemd notifications (`Type=notify`): READY, RELOADING, STOPPING, WATCHDOG and STATUS.
-//! Every call is a no-op when `NOTIFY_SOCKET` is not set (not running under systemd).
+//!
+//! Messages go through a small queue to a thread of their own, because `sd_notify` sends on
+//! a blocking socket: when nobody reads NOTIFY_SOCKET (a stuck or misconfigured manager),
+//! a send blocks — and a test that stopped reading it froze the whole daemon, sweep and
+//! signal handling included. A full queue drops the message (a STATUS update at worst)
+//! instead. Without NOTIFY_SOCKET (not under systemd) every call is a no-op.
 
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
 use tracing::debug;
 
-/// Talks to the service manager through `NOTIFY_SOCKET`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Systemd;
+/// Messages waiting for the notifier thread.
+const QUEUE: usize = 64;
+
+/// Talks to the service manager through `NOTIFY_SOCKET`, never blocking the caller.
+#[derive(Debug, Clone)]
+pub struct Systemd {
+    queue: Option<SyncSender<Message>>,
+}
+
+#[derive(Debug)]
+enum Message {
+    Lines(Vec<String>),
+    /// Answered once everything queued before it was sent.
+    Flush(SyncSender<()>),
+}
 
 impl Systemd {
-    fn send(self, states: &[NotifyState<'_>]) {
-        if let Err(e) = sd_notify::notify(states) {
-            // systemd would kill us for a missing READY=1 or WATCHDOG=1; say why it may happen.
-            debug!(error = %e, "Cannot notify systemd.");
+    /// Starts the notifier thread when running under systemd.
+    pub fn connect() -> Self {
+        if std::env::var_os("NOTIFY_SOCKET").is_none() {
+            return Self { queue: None };
+        }
+        let (queue, messages) = sync_channel::<Message>(QUEUE);
+        let spawned = std::thread::Builder::new()
+            .name("sd-notify".into())
+            .spawn(move || {
+                for message in messages {
+                    match message {
+                        Message::Lines(lines) => {
+                            let states: Vec<NotifyState<'_>> =
+                                lines.iter().map(|l| NotifyState::Custom(l)).collect();
+                            if let Err(e) = sd_notify::notify(&states) {
+                                debug!(error = %e, "Cannot notify systemd.");
+                            }
+                        }
+                        Message::Flush(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => Self { queue: Some(queue) },
+            Err(e) => {
+                debug!(error = %e, "Cannot start the systemd notifier thread.");
+                Self { queue: None }
+            }
         }
     }
 
-    pub fn ready(self, status: &str) {
-        self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
+    fn send(&self, lines: Vec<String>) {
+        let Some(queue) = &self.queue else { return };
+        match queue.try_send(Message::Lines(lines)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(lines)) => debug!(
+                ?lines,
+                "systemd is not reading NOTIFY_SOCKET; message dropped."
+            ),
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Waits (at most `limit`) until the queued messages are sent: before the process exits.
+    pub fn flush(&self, limit: Duration) {
+        let Some(queue) = &self.queue else { return };
+        let (done, sent) = sync_channel(1);
+        if queue.try_send(Message::Flush(done)).is_ok() {
+            let _ = sent.recv_timeout(limit);
+        }
+    }
+
+    pub fn ready(&self, status: &str) {
+        self.send(vec!["READY=1".into(), format!("STATUS={status}")]);
     }
 
     /// Before re-reading the configuration; [`Self::ready`] follows.
-    pub fn reloading(self) {
-        match NotifyState::monotonic_usec_now() {
-            Ok(now) => self.send(&[
-                NotifyState::Reloading,
-                now,
-                NotifyState::Status("reloading configuration"),
-            ]),
-            Err(_) => self.send(&[NotifyState::Reloading]),
+    pub fn reloading(&self) {
+        let mut lines = vec!["RELOADING=1".to_owned()];
+        if let Ok(now) = NotifyState::monotonic_usec_now() {
+            lines.push(now.to_string());
         }
+        lines.push("STATUS=reloading configuration".into());
+        self.send(lines);
     }
 
-    pub fn stopping(self) {
-        self.send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    pub fn stopping(&self) {
+        self.send(vec!["STOPPING=1".into(), "STATUS=stopping".into()]);
     }
 
-    pub fn status(self, status: &str) {
-        self.send(&[NotifyState::Status(status)]);
+    pub fn status(&self, status: &str) {
+        self.send(vec![format!("STATUS={status}")]);
     }
 
-    pub fn watchdog(self) {
-        self.send(&[NotifyState::Watchdog]);
+    pub fn watchdog(&self) {
+        self.send(vec!["WATCHDOG=1".into()]);
     }
 
     /// How often to ping the watchdog: half of `WATCHDOG_USEC`, when systemd set one for us.
-    pub fn watchdog_interval(self) -> Option<Duration> {
+    pub fn watchdog_interval(&self) -> Option<Duration> {
         sd_notify::watchdog_enabled()
             .map(|timeout| timeout / 2)
             .filter(|d| !d.is_zero())

@@ -2,10 +2,9 @@
 //! a config file — and, for the slow-sweep shutdown, driven in-process with a slow console.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixDatagram;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,133 +16,7 @@ use sea_orm::{ConnectionTrait, SqliteTransactionMode, TransactionOptions, Transa
 
 use crate::helpers::{Backend, Captured, NewAccount, TestApp, read_json_lines};
 
-const BIN: &str = env!("CARGO_BIN_EXE_balance-alertd");
-
-/// A running `balance-alertd run` with its output collected and its systemd socket bound.
-struct DaemonProcess {
-    child: Child,
-    output: Arc<Mutex<String>>,
-    notify: UnixDatagram,
-    notes: Vec<String>,
-}
-
-impl DaemonProcess {
-    fn start(dir: &Path, config: &Path, env: &[(&str, &str)]) -> Self {
-        let socket = dir.join("notify.sock");
-        let _ = std::fs::remove_file(&socket);
-        let notify = UnixDatagram::bind(&socket).expect("bind NOTIFY_SOCKET");
-        notify
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let mut child = Command::new(BIN)
-            .current_dir(dir)
-            .env_clear()
-            .env("NOTIFY_SOCKET", &socket)
-            .envs(env.iter().copied())
-            .args(["--config", config.to_str().unwrap(), "run"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start balance-alertd run");
-        let output = Arc::new(Mutex::new(String::new()));
-        for mut stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let output = output.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    output
-                        .lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-        }
-        Self {
-            child,
-            output,
-            notify,
-            notes: Vec::new(),
-        }
-    }
-
-    fn output(&self) -> String {
-        self.output.lock().unwrap().clone()
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.output().matches(needle).count()
-    }
-
-    fn wait_for_output(&self, needle: &str, times: usize, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while self.count(needle) < times {
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} x{times} within {timeout:?}; output:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits for a notification line starting with `needle` (e.g. "READY=1"), then forgets
-    /// the notifications up to it.
-    fn wait_for_note(&mut self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Some(i) = self
-                .notes
-                .iter()
-                .position(|n| n.lines().any(|l| l.starts_with(needle)))
-            {
-                self.notes.drain(..=i);
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {needle} within {timeout:?}; output:\n{}",
-                self.output()
-            );
-            if let Ok(n) = self.notify.recv(&mut buf) {
-                self.notes
-                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args(["-s", signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for DaemonProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::process::{BIN, DaemonProcess};
 
 /// A config with the database, cron every second and the audit log in `dir/logs`; `database`
 /// adds keys to `[database]`, `extra` appends other sections.
@@ -594,4 +467,25 @@ async fn a_sweep_in_progress_finishes_with_the_settings_it_started_with() {
     }
     control.unbounded_send(Control::Shutdown).unwrap();
     running.await.unwrap().expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_socket_nobody_reads_never_blocks_the_daemon() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &app.db.url, "", "");
+    // A watchdog ping every millisecond fills the unread socket within a second.
+    let mut daemon = DaemonProcess::start(dir.path(), &config, &[("WATCHDOG_USEC", "2000")]);
+    daemon.wait_for_output("Daemon ready.", 1, SECONDS_10);
+    std::thread::sleep(Duration::from_secs(2));
+    app.insert_account(NewAccount::new("unblocked@example.com", 100))
+        .await;
+    daemon.wait_for_output("Email -> unblocked@example.com", 1, SECONDS_5);
+    daemon.signal("TERM");
+    assert_eq!(
+        daemon.wait_exit(SECONDS_5).and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        daemon.output()
+    );
 }

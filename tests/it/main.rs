@@ -6,4 +6,8 @@ mod channels;
 mod cli;
 mod concurrency;
 mod daemon;
+mod faults;
 mod helpers;
+mod process;
+mod properties;
+mod receiver;

@@ -72,8 +72,8 @@ fn below_own_threshold() -> Condition {
         .add(Expr::col(A::BalanceMinor).lt(Expr::col(A::AlertThresholdMinor)))
 }
 
-/// True when the account is blocked on none of at least one channel: for each channel,
-/// `NOT EXISTS` an alert sent since the cutoff or a live claim. Index-only through
+/// True when the account is not blocked on at least one of the channels: for each channel,
+/// `NOT EXISTS` an alert sent since the cutoff or a live claim, probed through
 /// `idx_alert_logs_cooldown`. The same rule as [`AlertPolicy::decide`], which has the last word.
 fn claimable_somewhere(query: &CandidateQuery, backend: DbBackend) -> Condition {
     use alert_logs::Column as L;
