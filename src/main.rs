@@ -34,6 +34,14 @@ fn main() -> ExitCode {
         Err(e) => return app::report(Err(e.into())),
     };
     telemetry::init(&config.settings.log.level, config.settings.log.format);
+    for warning in &config.warnings {
+        // `config` prints TOML on stdout, where the process log goes: warn on stderr there.
+        if matches!(command, Command::Config { .. }) {
+            eprintln!("warning: {warning}");
+        } else {
+            tracing::warn!("{warning}");
+        }
+    }
     // Returning (not exiting) drops the runtime and the audit log's guard in order, which
     // flushes every queued audit line.
     app::report(runtime.block_on(app::dispatch(command, config, sources)))

@@ -33,6 +33,8 @@ pub struct LoadedConfig {
     pub settings: Settings,
     pub currency: Currency,
     pub policy: AlertPolicy,
+    /// Problems that do not stop the daemon but an operator should fix (logged at start).
+    pub warnings: Vec<String>,
 }
 
 /// A configuration problem; the message names the file or key at fault and why.
@@ -69,7 +71,13 @@ pub fn load(sources: &Sources) -> Result<LoadedConfig, ConfigError> {
         .separator("__")
         .source(sources.env.clone());
     let settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
-    validate(settings)
+    let mut config = validate(settings)?;
+    config.warnings = sources
+        .files
+        .iter()
+        .filter_map(|path| super::exposure::warning(path))
+        .collect();
+    Ok(config)
 }
 
 fn validate(settings: Settings) -> Result<LoadedConfig, ConfigError> {
@@ -106,6 +114,7 @@ fn validate(settings: Settings) -> Result<LoadedConfig, ConfigError> {
         settings,
         currency,
         policy,
+        warnings: Vec::new(),
     })
 }
 

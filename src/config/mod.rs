@@ -1,6 +1,7 @@
 //! The configuration tree (SPEC §5): every key, typed; loading and validation live in
 //! [`load`], printing with secrets redacted in [`redact`].
 
+mod exposure;
 mod load;
 pub(crate) mod redact;
 

@@ -181,6 +181,9 @@ impl Daemon {
 
     async fn try_reload(&mut self) -> Result<(), AppError> {
         let new = config::load(&self.sources)?;
+        for warning in &new.warnings {
+            warn!("{warning}");
+        }
         warn_about_restart_only_changes(&self.config, &new);
         let context = self.adapters.context(&new)?;
         if new.settings.schedule.cron != self.config.settings.schedule.cron {

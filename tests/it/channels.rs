@@ -18,7 +18,7 @@ use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 use crate::helpers::{Backend, NewAccount, TestApp};
 
 /// Channels built from configuration exactly as the daemon builds them.
-fn context(app: &TestApp, env: &[(&str, &str)]) -> AlertContext {
+pub fn context(app: &TestApp, env: &[(&str, &str)]) -> AlertContext {
     let env: HashMap<String, String> = env
         .iter()
         .map(|(k, v)| (format!("BALANCE_ALERT__{k}"), (*v).to_owned()))
@@ -54,7 +54,7 @@ fn webhook_env(server: &MockServer) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+pub fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     env.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
@@ -310,15 +310,15 @@ async fn a_hanging_receiver_times_out_as_a_transient_failure() {
 }
 
 /// An aiosmtpd server on a loopback port; messages land in a JSON Lines file.
-struct SmtpServer {
+pub struct SmtpServer {
     child: Child,
-    port: u16,
+    pub port: u16,
     out: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl SmtpServer {
-    fn start(port: u16, refuse_first: usize, code: u16) -> Self {
+    pub fn start(port: u16, refuse_first: usize, code: u16) -> Self {
         Self::start_with(port, refuse_first, code, &[])
     }
 
@@ -356,7 +356,7 @@ impl SmtpServer {
         }
     }
 
-    fn messages(&self) -> Vec<serde_json::Value> {
+    pub fn messages(&self) -> Vec<serde_json::Value> {
         crate::helpers::read_json_lines(self.out.clone())
     }
 }
@@ -368,7 +368,7 @@ impl Drop for SmtpServer {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -376,7 +376,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn email_env(port: u16) -> Vec<(&'static str, String)> {
+pub fn email_env(port: u16) -> Vec<(&'static str, String)> {
     vec![
         ("NOTIFY__CHANNELS", "email".into()),
         (

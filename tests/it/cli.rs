@@ -459,3 +459,31 @@ async fn secrets_never_appear_in_logs_audit_config_output_or_errors() {
         );
     }
 }
+
+#[test]
+fn a_config_file_with_secrets_readable_by_others_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[notify.webhook]\nsecret = \"hunter2\"\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(
+        dir.path(),
+        &["-c", path.to_str().unwrap(), "config", "--check"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let text = stdout(&out) + &stderr(&out);
+    assert!(
+        text.contains("readable by other users") && text.contains("notify.webhook.secret"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = run(
+        dir.path(),
+        &["-c", path.to_str().unwrap(), "config", "--check"],
+        &[],
+    );
+    assert!(!(stdout(&out) + &stderr(&out)).contains("readable by other users"));
+}

@@ -8,6 +8,7 @@ mod concurrency;
 mod daemon;
 mod faults;
 mod helpers;
+mod hostile;
 mod process;
 mod properties;
 mod receiver;

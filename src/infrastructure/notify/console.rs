@@ -26,8 +26,7 @@ impl ConsoleChannel {
         format!(
             "📧 Email -> {}: Hi {}, your balance ({}) is below {}\n",
             message.recipient,
-            // A name is bank data, not ours: keep a hostile one on its line.
-            message.display_name().replace(['\r', '\n'], " "),
+            super::template::display_name(message),
             self.currency.format(message.balance),
             self.currency.format(message.threshold),
         )

@@ -10,7 +10,7 @@ use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executo
 use secrecy::ExposeSecret;
 
 use super::ChannelBuildError;
-use super::template::{Templates, no_escape};
+use super::template::{self, Templates, no_escape};
 use crate::config::{ChannelKind, LoadedConfig};
 use crate::domain::ports::Channel;
 use crate::domain::{AlertMessage, ChannelName, DeliveryError};
@@ -84,7 +84,7 @@ impl EmailChannel {
             .map_err(|e| DeliveryError::permanent(format!("invalid recipient address: {e}")))?;
         // Header values: no line breaks may come from bank data or templates.
         let one_line = |text: String| text.replace(['\r', '\n'], " ");
-        let to = Mailbox::new(Some(one_line(m.display_name().to_owned())), address);
+        let to = Mailbox::new(Some(template::display_name(m)), address);
         Message::builder()
             .from(self.from.clone())
             .to(to)

@@ -92,7 +92,7 @@ impl Templates {
 
     fn context(&self, m: &AlertMessage) -> minijinja::Value {
         let escape = self.escape;
-        let name = escape(m.display_name());
+        let name = escape(&display_name(m));
         let email = escape(m.recipient.as_str());
         context! {
             name => name.clone(),
@@ -108,6 +108,20 @@ impl Templates {
             created_at => m.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             account => context! { id => m.account_id.as_str(), email => email, name => name },
         }
+    }
+}
+
+/// Longest name put into a message: a greeting, not a data dump (a row held a 10 kB name).
+const NAME_CHARS: usize = 100;
+
+/// The owner's name for a message: bank data, so kept on one line (subjects, Slack text,
+/// e-mail headers) and bounded in length. The webhook payload carries the name as stored.
+pub fn display_name(message: &AlertMessage) -> String {
+    let one_line = message.display_name().replace(['\r', '\n', '\t'], " ");
+    if one_line.chars().count() > NAME_CHARS {
+        one_line.chars().take(NAME_CHARS - 1).chain(['…']).collect()
+    } else {
+        one_line
     }
 }
 
