@@ -13,7 +13,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::domain::ports::{AlertStore, AuditLog, Channel, ClaimRequest, Clock};
-use crate::domain::{Account, AlertPolicy, AlertRecord, ChannelName, Currency, Decision};
+use crate::domain::{
+    Account, AlertPolicy, AlertRecord, AlertsByPair, ChannelName, Currency, Decision,
+};
 
 /// How deliveries are attempted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,22 +60,13 @@ fn plan_requests<'a>(
     records: &[AlertRecord],
     now: DateTime<Utc>,
 ) -> (Vec<ClaimRequest>, HashMap<(&'a str, ChannelName), Decision>) {
-    let mut by_pair: HashMap<(&str, &str), Vec<&AlertRecord>> = HashMap::new();
-    for record in records {
-        by_pair
-            .entry((record.account_id.as_str(), record.channel.as_str()))
-            .or_default()
-            .push(record);
-    }
+    let by_pair = AlertsByPair::new(records);
     let mut requests = Vec::new();
     let mut decisions = HashMap::new();
     for account in accounts {
         let mut channels = Vec::new();
         for channel in ctx.channel_names() {
-            let existing = by_pair.get(&(account.id.as_str(), channel.as_str()));
-            let decision = ctx
-                .policy
-                .decide(now, existing.into_iter().flatten().copied());
+            let decision = ctx.policy.decide(now, by_pair.get(&account.id, channel));
             if decision.is_claimable() {
                 channels.push(channel.clone());
             }

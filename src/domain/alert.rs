@@ -1,6 +1,7 @@
 //! Alerts: the record of one alert per account, channel and cooldown window, and the rules
 //! that decide whether a delivery may be claimed now.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -98,6 +99,37 @@ pub struct AlertRecord {
     pub created_at: DateTime<Utc>,
     pub claimed_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// Stored alerts grouped by account: what the claim rules decide on, per channel.
+pub struct AlertsByPair<'a>(HashMap<&'a str, Vec<&'a AlertRecord>>);
+
+impl<'a> AlertsByPair<'a> {
+    pub fn new(records: &'a [AlertRecord]) -> Self {
+        let mut by_account: HashMap<&str, Vec<&AlertRecord>> = HashMap::new();
+        for record in records {
+            by_account
+                .entry(record.account_id.as_str())
+                .or_default()
+                .push(record);
+        }
+        Self(by_account)
+    }
+
+    /// The alerts of one account on one channel.
+    pub fn get<'s>(
+        &'s self,
+        account: &AccountId,
+        channel: &ChannelName,
+    ) -> impl Iterator<Item = &'a AlertRecord> + use<'s, 'a> {
+        let channel = channel.clone();
+        self.0
+            .get(account.as_str())
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(move |record| record.channel == channel)
+    }
 }
 
 /// The tunable alert rules (SIGHUP may replace them between sweeps).

@@ -9,8 +9,8 @@ pub mod ports;
 
 pub use account::{Account, AccountId};
 pub use alert::{
-    AlertId, AlertMessage, AlertPolicy, AlertRecord, AlertStatus, ChannelName, Claim, Decision,
-    DeliveryError, DeliveryOutcome, FailureKind,
+    AlertId, AlertMessage, AlertPolicy, AlertRecord, AlertStatus, AlertsByPair, ChannelName, Claim,
+    Decision, DeliveryError, DeliveryOutcome, FailureKind,
 };
 pub use email::{EmailAddress, InvalidEmail};
 pub use money::{Currency, CurrencyError, Money, MoneyError};

@@ -8,7 +8,7 @@
 //! transaction takes the single write lock first, which serializes claimers across
 //! processes. The partial unique index on unresolved alerts backs both up.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{
@@ -19,29 +19,25 @@ use sea_orm::{
     QueryOrder, QuerySelect, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 
-use super::convert::attempts_column;
 use super::entities::{accounts, alert_logs};
 use super::store::{IDS_PER_QUERY, SeaOrmStore, open_and_recent, to_records};
 use crate::domain::ports::{ClaimRequest, LockWait, StoreError};
 use crate::domain::{
-    AlertId, AlertPolicy, AlertRecord, AlertStatus, Claim, Decision, DeliveryOutcome, Money,
+    AlertId, AlertPolicy, AlertRecord, AlertStatus, AlertsByPair, Claim, Decision, Money,
 };
 
 /// Rows per multi-row INSERT: 9 binds a row stays far below SQLite's 32,766-bind limit.
 const ROWS_PER_INSERT: usize = 1000;
 
 /// Rows per CASE-UPDATE (retries, failures): each row's CASE scans every arm, so keep it short.
-const ROWS_PER_CASE: usize = 200;
-
-/// `last_error` is for people; keep it readable and bounded.
-const MAX_ERROR_CHARS: usize = 1000;
+pub(super) const ROWS_PER_CASE: usize = 200;
 
 use alert_logs::Column as L;
 
 impl SeaOrmStore {
     /// A write transaction; on SQLite `BEGIN IMMEDIATE`, so it queues on the busy timeout
     /// instead of failing with SQLITE_BUSY when it later upgrades from read to write.
-    async fn begin_write(&self) -> Result<DatabaseTransaction, StoreError> {
+    pub(super) async fn begin_write(&self) -> Result<DatabaseTransaction, StoreError> {
         let options = TransactionOptions {
             sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
             ..TransactionOptions::default()
@@ -101,77 +97,6 @@ impl SeaOrmStore {
         );
         Ok(claims)
     }
-
-    pub(super) async fn write_outcomes(
-        &self,
-        outcomes: &[DeliveryOutcome],
-    ) -> Result<(), StoreError> {
-        if outcomes.is_empty() {
-            return Ok(());
-        }
-        let txn = self.begin_write().await?;
-        let (sent, failed): (Vec<_>, Vec<_>) = outcomes.iter().partition(|o| o.result.is_ok());
-        // Sent rows in a batch share one `sent_at` (the latest delivery of the batch, at most
-        // a batch's delivery time after the earliest: the cooldown starts marginally later,
-        // never earlier) and are grouped by attempts, so each statement is a plain
-        // `UPDATE ... WHERE id IN (...)` instead of a per-row CASE.
-        let mut by_attempts: BTreeMap<u32, Vec<&DeliveryOutcome>> = BTreeMap::new();
-        for outcome in &sent {
-            by_attempts
-                .entry(outcome.attempts)
-                .or_default()
-                .push(outcome);
-        }
-        for (attempts, group) in by_attempts {
-            let sent_at = group
-                .iter()
-                .filter_map(|o| o.result.as_ref().ok())
-                .max()
-                .copied();
-            for chunk in group.chunks(IDS_PER_QUERY) {
-                let mut update = Query::update();
-                update
-                    .table(alert_logs::Entity)
-                    .value(L::Status, AlertStatus::Sent.as_str())
-                    .value(L::SentAt, sent_at)
-                    .value(
-                        L::Attempts,
-                        Expr::col(L::Attempts).add(attempts_column(attempts)),
-                    )
-                    .value(L::LastError, Option::<String>::None)
-                    .and_where(L::Id.is_in(chunk.iter().map(|o| o.alert_id.as_str())))
-                    // A row already sent keeps its first sent_at.
-                    .and_where(L::Status.ne(AlertStatus::Sent.as_str()));
-                txn.execute(&update)
-                    .await
-                    .map_err(self.err("cannot mark alerts sent"))?;
-            }
-        }
-        for chunk in failed.chunks(ROWS_PER_CASE) {
-            let mut update = Query::update();
-            update
-                .table(alert_logs::Entity)
-                .value(L::Status, AlertStatus::Failed.as_str())
-                .value(L::Attempts, attempts_added(chunk))
-                .value(
-                    L::LastError,
-                    by_id(
-                        chunk.iter().map(|o| (&o.alert_id, error_text(o))),
-                        L::LastError,
-                    ),
-                )
-                .and_where(L::Id.is_in(chunk.iter().map(|o| o.alert_id.as_str())))
-                // Never overwrite `sent`: a competitor that took over an expired claim may
-                // have delivered it meanwhile.
-                .and_where(L::Status.eq(AlertStatus::Pending.as_str()));
-            txn.execute(&update)
-                .await
-                .map_err(self.err("cannot mark alerts failed"))?;
-        }
-        txn.commit()
-            .await
-            .map_err(self.err("cannot commit delivery outcomes"))
-    }
 }
 
 /// Locks the requested accounts and returns the ids this transaction holds. PostgreSQL:
@@ -215,13 +140,7 @@ fn plan_claims(
     policy: &AlertPolicy,
     now: DateTime<Utc>,
 ) -> ClaimPlan {
-    let mut by_pair: HashMap<(&str, &str), Vec<&AlertRecord>> = HashMap::new();
-    for record in records {
-        by_pair
-            .entry((record.account_id.as_str(), record.channel.as_str()))
-            .or_default()
-            .push(record);
-    }
+    let by_pair = AlertsByPair::new(records);
     let mut plan = ClaimPlan {
         new: Vec::new(),
         retries: Vec::new(),
@@ -233,8 +152,6 @@ fn plan_claims(
         }
         let threshold = account.effective_threshold(policy.default_threshold);
         for channel in &request.channels {
-            let pair = by_pair.get(&(account.id.as_str(), channel.as_str()));
-            let existing = pair.into_iter().flatten().copied();
             let claim = |alert_id, prior_attempts, created_at| Claim {
                 alert_id,
                 channel: channel.clone(),
@@ -243,12 +160,11 @@ fn plan_claims(
                 prior_attempts,
                 created_at,
             };
-            match policy.decide(now, existing) {
+            match policy.decide(now, by_pair.get(&account.id, channel)) {
                 Decision::New => plan.new.push(claim(AlertId::generate(), 0, now)),
                 Decision::Retry { alert_id, attempts } => {
-                    let created_at = pair
-                        .into_iter()
-                        .flatten()
+                    let created_at = by_pair
+                        .get(&account.id, channel)
                         .find(|r| r.id == alert_id)
                         .map_or(now, |r| r.created_at);
                     plan.retries.push(claim(alert_id, attempts, created_at));
@@ -341,7 +257,7 @@ async fn reclaim(
 
 /// `CASE WHEN id = a THEN va WHEN id = b THEN vb ... ELSE column END`: one statement sets a
 /// different value per row.
-fn by_id<'a, V: Into<Expr>>(
+pub(super) fn by_id<'a, V: Into<Expr>>(
     pairs: impl Iterator<Item = (&'a AlertId, V)>,
     column: L,
 ) -> SimpleExpr {
@@ -351,22 +267,6 @@ fn by_id<'a, V: Into<Expr>>(
         })
         .finally(Expr::col(column))
         .into()
-}
-
-fn attempts_added(chunk: &[&DeliveryOutcome]) -> SimpleExpr {
-    let added = chunk
-        .iter()
-        .map(|o| (&o.alert_id, Expr::val(attempts_column(o.attempts))));
-    Expr::col(L::Attempts).add(by_id(added, L::Attempts))
-}
-
-fn error_text(outcome: &DeliveryOutcome) -> Expr {
-    let text = outcome
-        .result
-        .as_ref()
-        .err()
-        .map(|e| e.message.chars().take(MAX_ERROR_CHARS).collect::<String>());
-    Expr::val(text)
 }
 
 fn minor(money: Money) -> Expr {
