@@ -123,71 +123,15 @@ async fn next_page(
     query: &CandidateQuery,
     mut scan: Scan,
 ) -> Result<Option<(Vec<CandidateRow>, Scan)>, DbErr> {
-    use accounts::Column as A;
     let limit = Ord::max(query.page_size, 1);
     loop {
         let (rows, next) = match &scan {
             Scan::Done => return Ok(None),
             Scan::DefaultThreshold { after } => {
-                // Only columns of idx_accounts_default_threshold_sweep: an index-only scan.
-                let mut select = accounts::Entity::find()
-                    .select_only()
-                    .columns([A::Id, A::OwnerEmail, A::OwnerName, A::BalanceMinor])
-                    .filter(on_default_threshold(query.default_threshold))
-                    .filter(claimable_somewhere(query, db.get_database_backend()));
-                if let Some((balance, id)) = after {
-                    select = select.filter(
-                        Expr::tuple([Expr::col(A::BalanceMinor), Expr::col(A::Id)])
-                            .gt(Expr::tuple([Expr::val(*balance), Expr::val(id.as_str())])),
-                    );
-                }
-                let rows: Vec<(String, String, Option<String>, i64)> = select
-                    .order_by_asc(A::BalanceMinor)
-                    .order_by_asc(A::Id)
-                    .limit(u64::from(limit))
-                    .into_tuple()
-                    .all(db)
-                    .await?;
-                let next = match rows.last() {
-                    Some(last) if rows.len() == limit as usize => Scan::DefaultThreshold {
-                        after: Some((last.3, last.0.clone())),
-                    },
-                    _ => Scan::OwnThreshold { after: None },
-                };
-                let rows = rows
-                    .into_iter()
-                    .map(|(id, email, name, balance)| (id, email, name, balance, None))
-                    .collect();
-                (rows, next)
+                on_default_page(db, query, after.as_ref(), limit).await?
             }
             Scan::OwnThreshold { after } => {
-                let mut select = accounts::Entity::find()
-                    .select_only()
-                    .columns([
-                        A::Id,
-                        A::OwnerEmail,
-                        A::OwnerName,
-                        A::BalanceMinor,
-                        A::AlertThresholdMinor,
-                    ])
-                    .filter(below_own_threshold())
-                    .filter(claimable_somewhere(query, db.get_database_backend()));
-                if let Some(id) = after {
-                    select = select.filter(A::Id.gt(id.as_str()));
-                }
-                let rows: Vec<CandidateRow> = select
-                    .order_by_asc(A::Id)
-                    .limit(u64::from(limit))
-                    .into_tuple()
-                    .all(db)
-                    .await?;
-                let next = match rows.last() {
-                    Some(last) if rows.len() == limit as usize => Scan::OwnThreshold {
-                        after: Some(last.0.clone()),
-                    },
-                    _ => Scan::Done,
-                };
-                (rows, next)
+                own_threshold_page(db, query, after.as_deref(), limit).await?
             }
         };
         if rows.is_empty() {
@@ -196,6 +140,83 @@ async fn next_page(
         }
         return Ok(Some((rows, next)));
     }
+}
+
+/// A page of candidates on the configured threshold, in (balance, id) order. Selects only
+/// columns of idx_accounts_default_threshold_sweep: an index-only scan.
+async fn on_default_page(
+    db: &DatabaseConnection,
+    query: &CandidateQuery,
+    after: Option<&(i64, String)>,
+    limit: u32,
+) -> Result<(Vec<CandidateRow>, Scan), DbErr> {
+    use accounts::Column as A;
+    let mut select = accounts::Entity::find()
+        .select_only()
+        .columns([A::Id, A::OwnerEmail, A::OwnerName, A::BalanceMinor])
+        .filter(on_default_threshold(query.default_threshold))
+        .filter(claimable_somewhere(query, db.get_database_backend()));
+    if let Some((balance, id)) = after {
+        select = select.filter(
+            Expr::tuple([Expr::col(A::BalanceMinor), Expr::col(A::Id)])
+                .gt(Expr::tuple([Expr::val(*balance), Expr::val(id.as_str())])),
+        );
+    }
+    let rows: Vec<(String, String, Option<String>, i64)> = select
+        .order_by_asc(A::BalanceMinor)
+        .order_by_asc(A::Id)
+        .limit(u64::from(limit))
+        .into_tuple()
+        .all(db)
+        .await?;
+    let next = match rows.last() {
+        Some(last) if rows.len() == limit as usize => Scan::DefaultThreshold {
+            after: Some((last.3, last.0.clone())),
+        },
+        _ => Scan::OwnThreshold { after: None },
+    };
+    let rows = rows
+        .into_iter()
+        .map(|(id, email, name, balance)| (id, email, name, balance, None))
+        .collect();
+    Ok((rows, next))
+}
+
+/// A page of candidates with their own threshold, in id order (a small set: those below it).
+async fn own_threshold_page(
+    db: &DatabaseConnection,
+    query: &CandidateQuery,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<(Vec<CandidateRow>, Scan), DbErr> {
+    use accounts::Column as A;
+    let mut select = accounts::Entity::find()
+        .select_only()
+        .columns([
+            A::Id,
+            A::OwnerEmail,
+            A::OwnerName,
+            A::BalanceMinor,
+            A::AlertThresholdMinor,
+        ])
+        .filter(below_own_threshold())
+        .filter(claimable_somewhere(query, db.get_database_backend()));
+    if let Some(id) = after {
+        select = select.filter(A::Id.gt(id));
+    }
+    let rows: Vec<CandidateRow> = select
+        .order_by_asc(A::Id)
+        .limit(u64::from(limit))
+        .into_tuple()
+        .all(db)
+        .await?;
+    let next = match rows.last() {
+        Some(last) if rows.len() == limit as usize => Scan::OwnThreshold {
+            after: Some(last.0.clone()),
+        },
+        _ => Scan::Done,
+    };
+    Ok((rows, next))
 }
 
 fn candidate(row: CandidateRow) -> Account {
