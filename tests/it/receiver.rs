@@ -107,10 +107,6 @@ async fn handle(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let delay = state.delay_ms.load(Ordering::SeqCst);
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-    }
     let percent = state.fail_percent.load(Ordering::SeqCst);
     let unlucky = percent > 0
         && state
@@ -119,15 +115,24 @@ async fn handle(
             .unwrap()
             .as_mut()
             .is_some_and(|rng| rng.random_range(0..100) < percent);
-    if state.down.load(Ordering::SeqCst) || unlucky {
+    let refuse = state.down.load(Ordering::SeqCst) || unlucky;
+    if !refuse {
+        // Counted on arrival, as a real receiver acts on a request even if the sender dies
+        // before reading the answer: that is what makes a crash repeat deliveries.
+        let account = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["account_id"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        *state.delivered.lock().unwrap().entry(account).or_default() += 1;
+    }
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if refuse {
         let mut response = Response::new(Full::new(Bytes::from_static(b"unavailable")));
         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         return Ok(response);
     }
-    let account = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["account_id"].as_str().map(str::to_owned))
-        .unwrap_or_default();
-    *state.delivered.lock().unwrap().entry(account).or_default() += 1;
     Ok(Response::new(Full::new(Bytes::from_static(b"ok"))))
 }
