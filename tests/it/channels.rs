@@ -533,33 +533,39 @@ async fn a_slack_outage_does_not_resend_emails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtp_auth_credentials_come_from_the_url_or_from_separate_keys() {
-    // From the URL.
-    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
     let smtp = SmtpServer::start_with(free_port(), 0, 451, &["alerts", "s3cret"]);
-    app.insert_account(NewAccount::new("auth1@example.com", 100))
-        .await;
-    let mut env = email_env(smtp.port);
-    env[1].1 = format!("smtp://alerts:s3cret@127.0.0.1:{}", smtp.port);
-    assert_eq!(sweep(&context(&app, &env_refs(&env))).await.sent, 1);
+    // One sweep of one account with `url` and optional separate credentials.
+    let attempt = |url: String, credentials: Option<(&'static str, &'static str)>| {
+        let port = smtp.port;
+        async move {
+            let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+            app.insert_account(NewAccount::new("auth@example.com", 100))
+                .await;
+            let mut env = email_env(port);
+            env[1].1 = url;
+            if let Some((user, password)) = credentials {
+                env.push(("NOTIFY__EMAIL__USERNAME", user.into()));
+                env.push(("NOTIFY__EMAIL__PASSWORD", password.into()));
+            }
+            sweep(&context(&app, &env_refs(&env))).await
+        }
+    };
+    let plain = format!("smtp://127.0.0.1:{}", smtp.port);
+
+    let from_url = attempt(
+        format!("smtp://alerts:s3cret@127.0.0.1:{}", smtp.port),
+        None,
+    )
+    .await;
+    assert_eq!(from_url.sent, 1);
     assert_eq!(smtp.messages().len(), 1);
 
-    // From notify.email.username / password.
-    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
-    app.insert_account(NewAccount::new("auth2@example.com", 100))
-        .await;
-    let mut env = email_env(smtp.port);
-    env.push(("NOTIFY__EMAIL__USERNAME", "alerts".into()));
-    env.push(("NOTIFY__EMAIL__PASSWORD", "s3cret".into()));
-    assert_eq!(sweep(&context(&app, &env_refs(&env))).await.sent, 1);
+    let from_keys = attempt(plain.clone(), Some(("alerts", "s3cret"))).await;
+    assert_eq!(from_keys.sent, 1);
     assert_eq!(smtp.messages().len(), 2);
 
     // Wrong credentials: the server refuses with 535, a permanent failure.
-    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
-    app.insert_account(NewAccount::new("auth3@example.com", 100))
-        .await;
-    let mut env = email_env(smtp.port);
-    env.push(("NOTIFY__EMAIL__USERNAME", "alerts".into()));
-    env.push(("NOTIFY__EMAIL__PASSWORD", "wrong".into()));
-    assert_eq!(sweep(&context(&app, &env_refs(&env))).await.failed, 1);
+    let wrong = attempt(plain, Some(("alerts", "wrong"))).await;
+    assert_eq!(wrong.failed, 1);
     assert_eq!(smtp.messages().len(), 2);
 }

@@ -282,6 +282,52 @@ impl Write for SlowConsole {
     }
 }
 
+/// A daemon driven in-process, its console slowed to 300 ms a line, its audit log in
+/// `audit_dir`.
+struct InProcess {
+    runner: Arc<balance_alertd::daemon::SweepRunner>,
+    control: futures::channel::mpsc::UnboundedSender<Control>,
+    running: tokio::task::JoinHandle<Result<(), balance_alertd::app::AppError>>,
+    _audit_guard: tracing_appender::non_blocking::WorkerGuard,
+}
+
+impl InProcess {
+    async fn start(app: &TestApp, sources: Sources, audit_dir: &Path) -> Self {
+        let loaded = config::load(&sources).expect("config");
+        let (audit, guard) =
+            JsonLinesAuditLog::open(audit_dir, balance_alertd::config::LogRotation::Never, 1)
+                .unwrap();
+        let console = Arc::new(Mutex::new(SlowConsole {
+            delay: Duration::from_millis(300),
+            inner: app.console.clone(),
+        }));
+        let daemon = Daemon::build(
+            loaded,
+            sources,
+            Arc::new(audit) as Arc<dyn AuditLog>,
+            console,
+            app.clock.clone(),
+        )
+        .await
+        .expect("daemon");
+        let runner = daemon.runner();
+        let (control, events) = futures::channel::mpsc::unbounded();
+        let running = tokio::spawn(daemon.run_until_stopped(events));
+        Self {
+            runner,
+            control,
+            running,
+            _audit_guard: guard,
+        }
+    }
+
+    /// Sends SIGTERM's equivalent and waits for a clean stop; the audit log is then flushed.
+    async fn stop(self) {
+        self.control.unbounded_send(Control::Shutdown).unwrap();
+        self.running.await.unwrap().expect("clean shutdown");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_abandons_a_slow_sweep_after_the_grace_and_a_later_run_delivers_the_rest() {
     let mut app = TestApp::spawn(Backend::Sqlite).await.unwrap();
@@ -303,30 +349,9 @@ async fn shutdown_abandons_a_slow_sweep_after_the_grace_and_a_later_run_delivers
         files: Vec::new(),
         env: Some(env),
     };
-    let loaded = config::load(&sources).expect("config");
     let audit_dir = tempfile::tempdir().unwrap();
-    let (audit, guard) = JsonLinesAuditLog::open(
-        audit_dir.path(),
-        balance_alertd::config::LogRotation::Never,
-        1,
-    )
-    .unwrap();
-    let console = Arc::new(Mutex::new(SlowConsole {
-        delay: Duration::from_millis(300),
-        inner: app.console.clone(),
-    }));
-    let daemon = Daemon::build(
-        loaded,
-        sources,
-        Arc::new(audit) as Arc<dyn AuditLog>,
-        console,
-        app.clock.clone(),
-    )
-    .await
-    .expect("daemon");
-    let runner = daemon.runner();
-    let (control, events) = futures::channel::mpsc::unbounded();
-    let running = tokio::spawn(daemon.run_until_stopped(events));
+    let daemon = InProcess::start(&app, sources, audit_dir.path()).await;
+    let runner = daemon.runner.clone();
 
     // The 6 s sweep is not overlapped by the ticks that fire meanwhile.
     let deadline = Instant::now() + SECONDS_10;
@@ -341,8 +366,7 @@ async fn shutdown_abandons_a_slow_sweep_after_the_grace_and_a_later_run_delivers
     assert_eq!(runner.stats().started, 1);
 
     let stop = Instant::now();
-    control.unbounded_send(Control::Shutdown).unwrap();
-    running.await.unwrap().expect("clean shutdown");
+    daemon.stop().await;
     assert!(
         stop.elapsed() < Duration::from_millis(2_200),
         "grace 1s, took {:?}",
@@ -353,7 +377,6 @@ async fn shutdown_abandons_a_slow_sweep_after_the_grace_and_a_later_run_delivers
         (1..20).contains(&delivered),
         "abandoned mid-sweep, delivered {delivered}"
     );
-    drop(guard);
     let audit = read_json_lines(audit_dir.path().join("audit.log"));
     assert_eq!(
         audit.len(),
@@ -416,29 +439,8 @@ async fn a_sweep_in_progress_finishes_with_the_settings_it_started_with() {
         files: vec![config.clone()],
         env: Some(HashMap::new()),
     };
-    let loaded = config::load(&sources).expect("config");
-    let (audit, _guard) = JsonLinesAuditLog::open(
-        &dir.path().join("logs"),
-        balance_alertd::config::LogRotation::Never,
-        1,
-    )
-    .unwrap();
-    let console = Arc::new(Mutex::new(SlowConsole {
-        delay: Duration::from_millis(300),
-        inner: app.console.clone(),
-    }));
-    let daemon = Daemon::build(
-        loaded,
-        sources,
-        Arc::new(audit) as Arc<dyn AuditLog>,
-        console,
-        app.clock.clone(),
-    )
-    .await
-    .expect("daemon");
-    let runner = daemon.runner();
-    let (control, events) = futures::channel::mpsc::unbounded();
-    let running = tokio::spawn(daemon.run_until_stopped(events));
+    let daemon = InProcess::start(&app, sources, &dir.path().join("logs")).await;
+    let runner = daemon.runner.clone();
     let deadline = Instant::now() + SECONDS_10;
     while app.console.lines().is_empty() {
         assert!(Instant::now() < deadline, "no delivery started");
@@ -451,7 +453,7 @@ async fn a_sweep_in_progress_finishes_with_the_settings_it_started_with() {
         "",
         "[notify]\nconcurrency = 1\n[alert]\nthreshold = \"10.00\"",
     );
-    control.unbounded_send(Control::Reload).unwrap();
+    daemon.control.unbounded_send(Control::Reload).unwrap();
     let deadline = Instant::now() + SECONDS_10;
     while runner.last_summary().is_none() {
         assert!(Instant::now() < deadline, "the sweep did not finish");
@@ -465,8 +467,7 @@ async fn a_sweep_in_progress_finishes_with_the_settings_it_started_with() {
     for id in &ids {
         assert_eq!(app.alert_rows(id).await[0].threshold_minor, 5_000);
     }
-    control.unbounded_send(Control::Shutdown).unwrap();
-    running.await.unwrap().expect("clean shutdown");
+    daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
