@@ -121,10 +121,6 @@ impl SweepRunner {
         self.tracker.wait().await;
     }
 
-    pub fn is_idle(&self) -> bool {
-        self.tracker.is_empty()
-    }
-
     /// Makes the running sweep stop delivering and record what it has.
     pub fn abandon(&self) {
         self.abandon.cancel();

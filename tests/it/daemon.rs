@@ -12,7 +12,6 @@ use balance_alertd::config::{self, Sources};
 use balance_alertd::daemon::{Control, Daemon};
 use balance_alertd::domain::ports::AuditLog;
 use balance_alertd::infrastructure::audit::JsonLinesAuditLog;
-use sea_orm::{ConnectionTrait, SqliteTransactionMode, TransactionOptions, TransactionTrait};
 
 use crate::helpers::{Backend, Captured, NewAccount, TestApp, read_json_lines};
 
@@ -122,18 +121,6 @@ async fn sighup_applies_a_new_threshold_and_keeps_running_on_an_invalid_config()
     assert_eq!(daemon.wait_exit(SECONDS_5).and_then(|s| s.code()), Some(0));
 }
 
-/// Holds SQLite's write lock, as another writer would, so the daemon's sweep waits.
-async fn hold_write_lock(app: &TestApp) -> sea_orm::DatabaseTransaction {
-    let options = TransactionOptions {
-        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-        ..Default::default()
-    };
-    app.conn
-        .begin_with_options(options)
-        .await
-        .expect("take the write lock")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ticks_during_a_slow_sweep_are_skipped_and_sigterm_stops_within_the_grace() {
     let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
@@ -153,7 +140,7 @@ async fn ticks_during_a_slow_sweep_are_skipped_and_sigterm_stops_within_the_grac
         app.insert_account(NewAccount::new(&format!("slow{i}@example.com"), 100))
             .await;
     }
-    let lock = hold_write_lock(&app).await;
+    let lock = app.hold_write_lock().await;
     let mut daemon = DaemonProcess::start(dir.path(), &config, &[]);
     daemon.wait_for_note("READY=1", SECONDS_10);
     daemon.wait_for_output(
@@ -192,16 +179,8 @@ async fn ticks_during_a_slow_sweep_are_skipped_and_sigterm_stops_within_the_grac
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert_eq!(stdout.matches("Email -> slow").count(), 3, "{stdout}");
     let pending = app
-        .conn
-        .query_one_raw(app.statement(
-            "SELECT COUNT(*) AS n FROM alert_logs WHERE status <> 'sent'",
-            vec![],
-        ))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get::<i64>("", "n")
-        .unwrap();
+        .count("SELECT COUNT(*) AS n FROM alert_logs WHERE status <> 'sent'")
+        .await;
     assert_eq!(pending, 0);
 }
 
@@ -218,7 +197,7 @@ async fn a_second_sigterm_exits_at_once() {
     );
     app.insert_account(NewAccount::new("stuck@example.com", 100))
         .await;
-    let lock = hold_write_lock(&app).await;
+    let lock = app.hold_write_lock().await;
     let mut daemon = DaemonProcess::start(dir.path(), &config, &[]);
     daemon.wait_for_note("READY=1", SECONDS_10);
     daemon.wait_for_output("A sweep is still running", 1, SECONDS_10);

@@ -70,16 +70,6 @@ async fn bulk_accounts(app: &TestApp, n: u64, balance: &str) {
         .expect("bulk insert");
 }
 
-async fn count(app: &TestApp, sql: &str) -> u64 {
-    let row = app
-        .conn
-        .query_one_raw(app.statement(sql, vec![]))
-        .await
-        .unwrap()
-        .unwrap();
-    row.try_get::<i64>("", "n").unwrap() as u64
-}
-
 fn sweep(dir: &Path, config: &Path) -> std::process::Output {
     Command::new(BIN)
         .current_dir(dir)
@@ -123,11 +113,9 @@ async fn a_killed_sweep_loses_nothing_and_repeats_at_most_the_in_flight_deliveri
     .await;
     child.kill().unwrap();
     child.wait().unwrap();
-    let pending = count(
-        &app,
-        "SELECT COUNT(*) AS n FROM alert_logs WHERE status = 'pending'",
-    )
-    .await;
+    let pending = app
+        .count("SELECT COUNT(*) AS n FROM alert_logs WHERE status = 'pending'")
+        .await;
     assert!(pending > 0, "the crash left claims behind");
 
     // Right away, live claims are in flight: not taken over. After claim_timeout, they are.
@@ -148,15 +136,12 @@ async fn a_killed_sweep_loses_nothing_and_repeats_at_most_the_in_flight_deliveri
         "{twice} repeated deliveries > notify.concurrency {concurrency}"
     );
     assert_eq!(
-        count(
-            &app,
-            "SELECT COUNT(*) AS n FROM alert_logs WHERE status <> 'sent'"
-        )
-        .await,
+        app.count("SELECT COUNT(*) AS n FROM alert_logs WHERE status <> 'sent'")
+            .await,
         0
     );
     assert_eq!(
-        count(&app, "SELECT COUNT(*) AS n FROM alert_logs").await,
+        app.count("SELECT COUNT(*) AS n FROM alert_logs").await,
         300,
         "one alert id per account"
     );
@@ -366,13 +351,7 @@ async fn a_locked_sqlite_database_waits_for_the_busy_timeout_then_fails_cleanly(
     let dir = tempfile::tempdir().unwrap();
     let database = "busy_timeout = \"1s\"\nauto_migrate = false";
     let config = write_config_with(dir.path(), &app.db.url, database, &receiver, 4, "");
-    let options = sea_orm::TransactionOptions {
-        sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
-        ..Default::default()
-    };
-    let lock = sea_orm::TransactionTrait::begin_with_options(&app.conn, options)
-        .await
-        .unwrap();
+    let lock = app.hold_write_lock().await;
 
     let started = Instant::now();
     let out = sweep(dir.path(), &config);
@@ -417,7 +396,9 @@ async fn a_receiver_down_for_several_sweeps_gets_each_alert_exactly_once_when_ba
         );
     }
     assert_eq!(receiver.requests(), 50 * 2 * 3);
-    let ids_before = count(&app, "SELECT COUNT(DISTINCT id) AS n FROM alert_logs").await;
+    let ids_before = app
+        .count("SELECT COUNT(DISTINCT id) AS n FROM alert_logs")
+        .await;
 
     receiver.set_down(false);
     assert_eq!(sweep(dir.path(), &config).status.code(), Some(0));
@@ -427,11 +408,8 @@ async fn a_receiver_down_for_several_sweeps_gets_each_alert_exactly_once_when_ba
     assert!(delivered.values().all(|n| *n == 1));
     assert_eq!(ids_before, 50, "one alert per account through the outage");
     assert_eq!(
-        count(
-            &app,
-            "SELECT COUNT(*) AS n FROM alert_logs WHERE status = 'sent' AND attempts = 7"
-        )
-        .await,
+        app.count("SELECT COUNT(*) AS n FROM alert_logs WHERE status = 'sent' AND attempts = 7")
+            .await,
         50
     );
 }
@@ -448,11 +426,9 @@ async fn five_percent_of_100000_deliveries_failing_at_random_all_arrive_exactly_
     let extra = "[delivery]\nmax_attempts = 3\nretry_initial_backoff = \"5ms\"\nretry_max_backoff = \"20ms\"";
     let config = write_config(dir.path(), &app.db.url, &receiver, 64, extra);
     let mut sweeps = 0;
-    while count(
-        &app,
-        "SELECT COUNT(*) AS n FROM alert_logs WHERE status = 'sent'",
-    )
-    .await
+    while app
+        .count("SELECT COUNT(*) AS n FROM alert_logs WHERE status = 'sent'")
+        .await
         < 100_000
     {
         sweeps += 1;
@@ -513,11 +489,9 @@ async fn sighup_and_sigterm_during_a_100000_delivery_sweep_keep_every_count_equa
         .expect("exits once the sweep has finished");
     assert_eq!(status.code(), Some(0));
 
-    let sent = count(
-        &app,
-        "SELECT COUNT(*) AS n FROM alert_logs WHERE status = 'sent'",
-    )
-    .await;
+    let sent = app
+        .count("SELECT COUNT(*) AS n FROM alert_logs WHERE status = 'sent'")
+        .await;
     let audit = read_json_lines(dir.path().join("logs/audit.log"));
     assert_eq!(sent, 100_000);
     assert_eq!(audit.len(), 100_000, "one complete audit line per delivery");

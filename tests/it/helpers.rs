@@ -305,6 +305,28 @@ impl TestApp {
         statement(self.conn.get_database_backend(), sql, values)
     }
 
+    /// The `n` column of a `SELECT COUNT(*) AS n ...`.
+    pub async fn count(&self, sql: &str) -> u64 {
+        let row = self
+            .conn
+            .query_one_raw(self.statement(sql, vec![]))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get::<i64>("", "n").unwrap() as u64
+    }
+
+    /// Takes SQLite's write lock, as another writer would, until the transaction ends.
+    pub async fn hold_write_lock(&self) -> sea_orm::DatabaseTransaction {
+        let options = sea_orm::TransactionOptions {
+            sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+            ..Default::default()
+        };
+        sea_orm::TransactionTrait::begin_with_options(&self.conn, options)
+            .await
+            .expect("take the write lock")
+    }
+
     pub async fn alert_rows(&self, account: &AccountId) -> Vec<alert_logs::Model> {
         alert_logs::Entity::find()
             .filter(alert_logs::Column::AccountId.eq(account.as_str()))
