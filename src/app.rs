@@ -101,7 +101,8 @@ pub async fn open_store(config: &LoadedConfig) -> Result<SeaOrmStore, AppError> 
     if settings.auto_migrate {
         migrate_up(&conn).await?;
     }
-    Ok(SeaOrmStore::new(conn, settings.display_url()))
+    let writer = db::connect_writer(settings).await?;
+    Ok(SeaOrmStore::new(conn, settings.display_url()).with_writer(writer))
 }
 
 /// Applies pending migrations in one transaction that first takes a lock (an advisory lock

@@ -4,10 +4,13 @@ use std::collections::HashSet;
 use std::fmt;
 use std::time::Instant;
 
-use futures::TryStreamExt;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use serde::Serialize;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::info;
 
 use super::{AlertContext, dispatch};
@@ -55,6 +58,27 @@ impl fmt::Display for SweepSummary {
     }
 }
 
+/// Reads the next page of candidates while the current one is claimed: the pages are
+/// disjoint ranges of account ids, so reading ahead cannot miss a claim. Holds one page.
+/// Reading stops after an error, or when the receiver or the returned handle is dropped.
+fn read_ahead(
+    mut pages: BoxStream<'static, Result<Vec<Account>, StoreError>>,
+) -> (
+    mpsc::Receiver<Result<Vec<Account>, StoreError>>,
+    AbortOnDropHandle<()>,
+) {
+    let (tx, rx) = mpsc::channel(1);
+    let reader = tokio::spawn(async move {
+        while let Some(page) = pages.next().await {
+            let failed = page.is_err();
+            if tx.send(page).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    (rx, AbortOnDropHandle::new(reader))
+}
+
 /// Deliveries of one page, running while the next page is read and claimed.
 type InFlight = JoinHandle<Result<(usize, Vec<dispatch::Delivered>), StoreError>>;
 
@@ -94,16 +118,17 @@ impl BulkBalanceAlert {
             ..SweepSummary::default()
         };
         let channels: Vec<_> = ctx.channels.iter().map(|c| c.name().clone()).collect();
-        let mut pages = ctx.store.claim_candidates(CandidateQuery {
+        let pages = ctx.store.claim_candidates(CandidateQuery {
             default_threshold: ctx.policy.default_threshold,
             channels: channels.clone(),
             cooldown_cutoff: ctx.policy.cooldown_cutoff(now),
             claim_expiry: ctx.policy.claim_expiry(now),
             page_size: ctx.delivery.batch_size,
         });
+        let (mut pages, _reader) = read_ahead(pages);
         let mut in_flight: Option<InFlight> = None;
         let result = loop {
-            let page = match pages.try_next().await {
+            let page = match pages.recv().await.transpose() {
                 Ok(Some(page)) if !abandon.is_cancelled() => page,
                 Ok(_) => break Ok(()),
                 Err(e) => break Err(SweepError::Store(e)),

@@ -9,6 +9,7 @@
 //! processes. The partial unique index on unresolved alerts backs both up.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{
@@ -42,11 +43,11 @@ impl SeaOrmStore {
             sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
             ..TransactionOptions::default()
         };
-        let options = match self.db.get_database_backend() {
+        let options = match self.writer.get_database_backend() {
             DbBackend::Sqlite => options,
             _ => TransactionOptions::default(),
         };
-        self.db
+        self.writer
             .begin_with_options(options)
             .await
             .map_err(self.err("cannot begin a transaction"))
@@ -66,10 +67,14 @@ impl SeaOrmStore {
         let locked = lock_accounts(&txn, requests, lock)
             .await
             .map_err(self.err("cannot lock accounts"))?;
-        let requests: Vec<&ClaimRequest> = requests
+        let mut requests: Vec<&ClaimRequest> = requests
             .iter()
             .filter(|r| locked.contains(r.account.id.as_str()))
             .collect();
+        // Claims in account order (sweep pages already are): alert ids, which grow with
+        // time, then follow account order, so the rows an outcome batch marks are neighbours
+        // both in the table and in the account-keyed unresolved index.
+        requests.sort_unstable_by(|a, b| a.account.id.as_str().cmp(b.account.id.as_str()));
         let locked_ids: Vec<String> = requests
             .iter()
             .map(|r| r.account.id.as_str().to_owned())
@@ -88,6 +93,7 @@ impl SeaOrmStore {
         txn.commit()
             .await
             .map_err(self.err("cannot commit claims"))?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
         let mut claims = plan.new;
         claims.retain(|c| inserted.contains(c.alert_id.as_str()));
         claims.extend(

@@ -25,19 +25,68 @@ use crate::domain::ports::StoreError;
 /// fast as 16 MiB on a million accounts within the 64 MB memory budget (scripts/bench.sh).
 const SQLITE_CACHE_KIB: i64 = 8 * 1024;
 
-/// Checkpoint the WAL every ~40 MB instead of SQLite's 4 MB: a sweep rewrites the same index
-/// pages batch after batch, and fewer checkpoints copy (and fsync) each page fewer times.
-const SQLITE_WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
+/// SQLite: a background task copies the WAL into the database file once the writer has
+/// been idle this long (`PRAGMA wal_checkpoint(PASSIVE)` on a pool connection: it never
+/// blocks nor waits for a writer). A checkpoint inside a sweep, by the committing writer as
+/// SQLite's autocheckpoint does, stalls every claim and outcome behind it, and one running
+/// beside the writer slowed it down further; after the sweep it costs the sweep nothing
+/// (scripts/bench.sh: a first sweep of 100,000 alerts on a million accounts took 2.4 s with
+/// the autocheckpoint every ~40 MB, 1.8 s without, and 3.2 s with background checkpoints
+/// every 0.5 s; the 160 MB of WAL it leaves takes ~0.25 s to checkpoint).
+pub(crate) const SQLITE_CHECKPOINT_WHEN_IDLE: Duration = Duration::from_secs(1);
+
+/// SQLite's own autocheckpoint stays as a backstop (~200 MB of WAL), for a sweep so large
+/// that its WAL would otherwise grow without bound, and for a process without the task.
+const SQLITE_WAL_AUTOCHECKPOINT_PAGES: u32 = 50_000;
+
+/// Once checkpointed and reset, the WAL file is truncated to this size, so a large sweep
+/// does not leave a large file behind.
+const SQLITE_JOURNAL_SIZE_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Statements slower than this are logged at WARN: an operator should look at them.
 const SLOW_STATEMENT: Duration = Duration::from_secs(1);
 
 /// Connects to the configured database. The error names the database (password masked).
 pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, StoreError> {
+    let options = connect_options(settings, settings.max_connections);
+    Database::connect(options)
+        .await
+        .map_err(|e| map_db_err(&settings.display_url(), "cannot connect", e))
+}
+
+/// SQLite only: the one connection every write transaction of this process goes through
+/// (`None` on PostgreSQL, whose writers run in parallel on the pool).
+///
+/// SQLite has a single writer anyway. Queueing this process's writers on one pooled
+/// connection wakes the next one the moment the previous commits, where separate
+/// connections would poll the write lock in SQLite's busy handler (sleeps of 1, 2, 5, 10 ms
+/// ...). And a connection keeps its page cache across its own commits, where any other
+/// connection's commit makes it drop the whole cache and read the pages again.
+/// Other processes still wait for the lock up to `database.busy_timeout`.
+pub async fn connect_writer(
+    settings: &DatabaseSettings,
+) -> Result<Option<DatabaseConnection>, StoreError> {
+    if !settings.database_url().starts_with("sqlite:") {
+        return Ok(None);
+    }
+    let mut options = connect_options(settings, 1);
+    options
+        .min_connections(1)
+        // A local file cannot silently drop a connection: no ping before every statement.
+        .test_before_acquire(false)
+        .idle_timeout(None::<Duration>)
+        .max_lifetime(None::<Duration>);
+    Database::connect(options)
+        .await
+        .map(Some)
+        .map_err(|e| map_db_err(&settings.display_url(), "cannot connect", e))
+}
+
+fn connect_options(settings: &DatabaseSettings, max_connections: u32) -> ConnectOptions {
     let url = settings.database_url();
     let mut options = ConnectOptions::new(url.to_owned());
     options
-        .max_connections(settings.max_connections)
+        .max_connections(max_connections)
         .connect_timeout(settings.connect_timeout)
         .acquire_timeout(settings.connect_timeout)
         // Every statement at DEBUG (RUST_LOG=sqlx=debug shows them), slow ones at WARN.
@@ -55,6 +104,10 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
                 SQLITE_WAL_AUTOCHECKPOINT_PAGES.to_string(),
             )
             .pragma("cache_size", format!("-{SQLITE_CACHE_KIB}"))
+            .pragma(
+                "journal_size_limit",
+                SQLITE_JOURNAL_SIZE_LIMIT_BYTES.to_string(),
+            )
     });
     // Every statement of the daemon is built for index access (partial indexes, lookups by
     // key). Until autovacuum first analyzes alert_logs (a new deployment, or right after a
@@ -63,10 +116,10 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
     // 100,000 alerts on a fresh database took 12.2 s instead of ~5 s (scripts/bench.sh).
     // Making sequential scans a last resort keeps the planned access paths, whatever the
     // statistics say. (The candidate query also carries an OFFSET 0 fence for the same reason.)
-    options.map_sqlx_postgres_opts(|o| o.options([("enable_seqscan", "off")]));
-    Database::connect(options)
-        .await
-        .map_err(|e| map_db_err(&mask_url(url), "cannot connect", e))
+    // JIT compilation pays off for long analytic queries, never for these short ones: it added
+    // ~10 ms to each candidate page (EXPLAIN ANALYZE, 1M accounts).
+    options.map_sqlx_postgres_opts(|o| o.options([("enable_seqscan", "off"), ("jit", "off")]));
+    options
 }
 
 /// A private in-memory SQLite database: one connection that is never recycled, because the

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use sea_orm::sea_query::{Expr, ExprTrait, Query, SimpleExpr};
+use std::sync::atomic::Ordering;
+
+use sea_orm::sea_query::{Expr, ExprTrait, Query, SimpleExpr, UpdateStatement};
 use sea_orm::{ColumnTrait, ConnectionTrait};
 
 use super::claim::{ROWS_PER_CASE, by_id};
@@ -23,72 +25,88 @@ impl SeaOrmStore {
         &self,
         outcomes: &[DeliveryOutcome],
     ) -> Result<(), StoreError> {
-        if outcomes.is_empty() {
-            return Ok(());
-        }
-        let txn = self.begin_write().await?;
-        let (sent, failed): (Vec<_>, Vec<_>) = outcomes.iter().partition(|o| o.result.is_ok());
-        // Sent rows in a batch share one `sent_at` (the latest delivery of the batch, at most
-        // a batch's delivery time after the earliest: the cooldown starts marginally later,
-        // never earlier) and are grouped by attempts, so each statement is a plain
-        // `UPDATE ... WHERE id IN (...)` instead of a per-row CASE.
-        let mut by_attempts: BTreeMap<u32, Vec<&DeliveryOutcome>> = BTreeMap::new();
-        for outcome in &sent {
-            by_attempts
-                .entry(outcome.attempts)
-                .or_default()
-                .push(outcome);
-        }
-        for (attempts, group) in by_attempts {
-            let sent_at = group
-                .iter()
-                .filter_map(|o| o.result.as_ref().ok())
-                .max()
-                .copied();
-            for chunk in group.chunks(IDS_PER_QUERY) {
-                let mut update = Query::update();
-                update
-                    .table(alert_logs::Entity)
-                    .value(L::Status, AlertStatus::Sent.as_str())
-                    .value(L::SentAt, sent_at)
-                    .value(
-                        L::Attempts,
-                        Expr::col(L::Attempts).add(attempts_column(attempts)),
-                    )
-                    .value(L::LastError, Option::<String>::None)
-                    .and_where(L::Id.is_in(chunk.iter().map(|o| o.alert_id.as_str())))
-                    // A row already sent keeps its first sent_at.
-                    .and_where(L::Status.ne(AlertStatus::Sent.as_str()));
-                txn.execute(&update)
+        let statements = outcome_updates(outcomes);
+        match statements.as_slice() {
+            [] => return Ok(()),
+            // The usual batch (every delivery sent at the first attempt) is one statement,
+            // atomic on its own: no BEGIN and COMMIT round trips to the writer. On SQLite it
+            // takes the write lock as a transaction would, waiting up to the busy timeout.
+            [(update, what)] => {
+                self.writer.execute(update).await.map_err(self.err(what))?;
+            }
+            _ => {
+                let txn = self.begin_write().await?;
+                for (update, what) in &statements {
+                    txn.execute(update).await.map_err(self.err(what))?;
+                }
+                txn.commit()
                     .await
-                    .map_err(self.err("cannot mark alerts sent"))?;
+                    .map_err(self.err("cannot commit delivery outcomes"))?;
             }
         }
-        for chunk in failed.chunks(ROWS_PER_CASE) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// The statements recording a batch of outcomes, each with what it does for error messages.
+fn outcome_updates(outcomes: &[DeliveryOutcome]) -> Vec<(UpdateStatement, &'static str)> {
+    let (sent, failed): (Vec<_>, Vec<_>) = outcomes.iter().partition(|o| o.result.is_ok());
+    let mut statements = Vec::new();
+    // Sent rows in a batch share one `sent_at` (the latest delivery of the batch, at most a
+    // batch's delivery time after the earliest: the cooldown starts marginally later, never
+    // earlier) and are grouped by attempts, so each statement is a plain
+    // `UPDATE ... WHERE id IN (...)` instead of a per-row CASE.
+    let mut by_attempts: BTreeMap<u32, Vec<&DeliveryOutcome>> = BTreeMap::new();
+    for outcome in &sent {
+        by_attempts
+            .entry(outcome.attempts)
+            .or_default()
+            .push(outcome);
+    }
+    for (attempts, group) in by_attempts {
+        let sent_at = group
+            .iter()
+            .filter_map(|o| o.result.as_ref().ok())
+            .max()
+            .copied();
+        for chunk in group.chunks(IDS_PER_QUERY) {
             let mut update = Query::update();
             update
                 .table(alert_logs::Entity)
-                .value(L::Status, AlertStatus::Failed.as_str())
-                .value(L::Attempts, attempts_added(chunk))
+                .value(L::Status, AlertStatus::Sent.as_str())
+                .value(L::SentAt, sent_at)
                 .value(
-                    L::LastError,
-                    by_id(
-                        chunk.iter().map(|o| (&o.alert_id, error_text(o))),
-                        L::LastError,
-                    ),
+                    L::Attempts,
+                    Expr::col(L::Attempts).add(attempts_column(attempts)),
                 )
+                .value(L::LastError, Option::<String>::None)
                 .and_where(L::Id.is_in(chunk.iter().map(|o| o.alert_id.as_str())))
-                // Never overwrite `sent`: a competitor that took over an expired claim may
-                // have delivered it meanwhile.
-                .and_where(L::Status.eq(AlertStatus::Pending.as_str()));
-            txn.execute(&update)
-                .await
-                .map_err(self.err("cannot mark alerts failed"))?;
+                // A row already sent keeps its first sent_at.
+                .and_where(L::Status.ne(AlertStatus::Sent.as_str()));
+            statements.push((update, "cannot mark alerts sent"));
         }
-        txn.commit()
-            .await
-            .map_err(self.err("cannot commit delivery outcomes"))
     }
+    for chunk in failed.chunks(ROWS_PER_CASE) {
+        let mut update = Query::update();
+        update
+            .table(alert_logs::Entity)
+            .value(L::Status, AlertStatus::Failed.as_str())
+            .value(L::Attempts, attempts_added(chunk))
+            .value(
+                L::LastError,
+                by_id(
+                    chunk.iter().map(|o| (&o.alert_id, error_text(o))),
+                    L::LastError,
+                ),
+            )
+            .and_where(L::Id.is_in(chunk.iter().map(|o| o.alert_id.as_str())))
+            // Never overwrite `sent`: a competitor that took over an expired claim may have
+            // delivered it meanwhile.
+            .and_where(L::Status.eq(AlertStatus::Pending.as_str()));
+        statements.push((update, "cannot mark alerts failed"));
+    }
+    statements
 }
 
 fn attempts_added(chunk: &[&DeliveryOutcome]) -> SimpleExpr {

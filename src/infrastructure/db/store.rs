@@ -1,6 +1,7 @@
 //! Reads: the account pages of a sweep and the alerts that decide eligibility.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -11,8 +12,12 @@ use sea_orm::{
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::debug;
+
 use super::entities::{accounts, alert_logs};
-use super::map_db_err;
+use super::{SQLITE_CHECKPOINT_WHEN_IDLE, map_db_err};
 use crate::domain::ports::{AlertStore, CandidateQuery, ClaimRequest, LockWait, StoreError};
 use crate::domain::{Account, AccountId, AlertPolicy, AlertRecord, Claim, DeliveryOutcome, Money};
 
@@ -23,6 +28,13 @@ pub(super) const IDS_PER_QUERY: usize = 5_000;
 #[derive(Clone)]
 pub struct SeaOrmStore {
     pub(super) db: DatabaseConnection,
+    /// Where write transactions run: `db` itself, or on SQLite one dedicated connection
+    /// ([`super::connect_writer`]).
+    pub(super) writer: DatabaseConnection,
+    /// Stops the background WAL checkpoints when the last clone of the store is dropped.
+    checkpointer: Option<Arc<DropGuard>>,
+    /// Write transactions committed so far (the checkpointer waits for a quiet moment).
+    pub(super) commits: Arc<AtomicU64>,
     /// The database URL with its password masked, for error messages.
     pub(super) label: Arc<str>,
 }
@@ -30,9 +42,28 @@ pub struct SeaOrmStore {
 impl SeaOrmStore {
     pub fn new(db: DatabaseConnection, label: impl Into<Arc<str>>) -> Self {
         Self {
+            writer: db.clone(),
+            checkpointer: None,
+            commits: Arc::default(),
             db,
             label: label.into(),
         }
+    }
+
+    /// Runs write transactions on `writer` instead of the pool, and (SQLite, inside a tokio
+    /// runtime) checkpoints the WAL in the background while the store is alive.
+    pub fn with_writer(mut self, writer: Option<DatabaseConnection>) -> Self {
+        if let Some(writer) = writer {
+            self.writer = writer;
+            if tokio::runtime::Handle::try_current().is_ok() {
+                self.checkpointer = Some(Arc::new(spawn_checkpointer(
+                    self.db.clone(),
+                    self.commits.clone(),
+                    self.label.clone(),
+                )));
+            }
+        }
+        self
     }
 
     pub fn connection(&self) -> &DatabaseConnection {
@@ -45,14 +76,42 @@ impl SeaOrmStore {
     }
 }
 
-/// Where the keyset scan of the sweep's candidates stands. Accounts on the configured
-/// threshold are read in (balance, id) order through their partial index, then accounts
-/// with their own threshold in id order through theirs (see the migrations).
-#[derive(Debug, Clone)]
-enum Scan {
-    DefaultThreshold { after: Option<(i64, String)> },
-    OwnThreshold { after: Option<String> },
-    Done,
+/// Copies the WAL into the database file once no write transaction has committed for
+/// [`SQLITE_CHECKPOINT_WHEN_IDLE`] since the last copy, until the returned guard is dropped.
+fn spawn_checkpointer(
+    pool: DatabaseConnection,
+    commits: Arc<AtomicU64>,
+    label: Arc<str>,
+) -> DropGuard {
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(SQLITE_CHECKPOINT_WHEN_IDLE);
+        every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let (mut seen, mut checkpointed) = (0, 0);
+        loop {
+            tokio::select! {
+                () = stopped.cancelled() => break,
+                _ = every.tick() => {}
+            }
+            let now = commits.load(Ordering::Relaxed);
+            let quiet = now == seen;
+            seen = now;
+            if !quiet || now == checkpointed {
+                continue;
+            }
+            match pool
+                .execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)")
+                .await
+            {
+                Ok(_) => checkpointed = now,
+                // Not fatal: tried again at the next quiet moment (SQLite's own
+                // autocheckpoint is the backstop).
+                Err(e) => debug!(database = %label, error = %e, "WAL checkpoint failed."),
+            }
+        }
+    });
+    stop.drop_guard()
 }
 
 /// `balance < threshold` for accounts on the configured threshold. Written exactly as the
@@ -118,78 +177,30 @@ fn claimable_somewhere(query: &CandidateQuery, backend: DbBackend) -> Condition 
 /// One candidate row: id, e-mail, name, balance, own threshold.
 type CandidateRow = (String, String, Option<String>, i64, Option<i64>);
 
+/// Where the keyset scan of the sweep's candidates stands. Both parts read in account-id
+/// order (migration 4): first the accounts on the configured threshold, through
+/// `idx_accounts_sweep_by_id` alone, then the few with their own threshold below it, through
+/// `idx_accounts_own_threshold_below`. Two scans rather than one with `OR`: with the `OR`,
+/// PostgreSQL no longer scans the covering index alone but fetches every account's row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    DefaultThreshold,
+    OwnThreshold,
+}
+
+/// The page of candidates of `part` after account `after`, in id order: accounts below
+/// their threshold and not blocked on every channel.
 async fn next_page(
     db: &DatabaseConnection,
     query: &CandidateQuery,
-    mut scan: Scan,
-) -> Result<Option<(Vec<CandidateRow>, Scan)>, DbErr> {
-    let limit = Ord::max(query.page_size, 1);
-    loop {
-        let (rows, next) = match &scan {
-            Scan::Done => return Ok(None),
-            Scan::DefaultThreshold { after } => {
-                on_default_page(db, query, after.as_ref(), limit).await?
-            }
-            Scan::OwnThreshold { after } => {
-                own_threshold_page(db, query, after.as_deref(), limit).await?
-            }
-        };
-        if rows.is_empty() {
-            scan = next;
-            continue;
-        }
-        return Ok(Some((rows, next)));
-    }
-}
-
-/// A page of candidates on the configured threshold, in (balance, id) order. Selects only
-/// columns of idx_accounts_default_threshold_sweep: an index-only scan.
-async fn on_default_page(
-    db: &DatabaseConnection,
-    query: &CandidateQuery,
-    after: Option<&(i64, String)>,
-    limit: u32,
-) -> Result<(Vec<CandidateRow>, Scan), DbErr> {
-    use accounts::Column as A;
-    let mut select = accounts::Entity::find()
-        .select_only()
-        .columns([A::Id, A::OwnerEmail, A::OwnerName, A::BalanceMinor])
-        .filter(on_default_threshold(query.default_threshold))
-        .filter(claimable_somewhere(query, db.get_database_backend()));
-    if let Some((balance, id)) = after {
-        select = select.filter(
-            Expr::tuple([Expr::col(A::BalanceMinor), Expr::col(A::Id)])
-                .gt(Expr::tuple([Expr::val(*balance), Expr::val(id.as_str())])),
-        );
-    }
-    let rows: Vec<(String, String, Option<String>, i64)> = select
-        .order_by_asc(A::BalanceMinor)
-        .order_by_asc(A::Id)
-        .limit(u64::from(limit))
-        .into_tuple()
-        .all(db)
-        .await?;
-    let next = match rows.last() {
-        Some(last) if rows.len() == limit as usize => Scan::DefaultThreshold {
-            after: Some((last.3, last.0.clone())),
-        },
-        _ => Scan::OwnThreshold { after: None },
-    };
-    let rows = rows
-        .into_iter()
-        .map(|(id, email, name, balance)| (id, email, name, balance, None))
-        .collect();
-    Ok((rows, next))
-}
-
-/// A page of candidates with their own threshold, in id order (a small set: those below it).
-async fn own_threshold_page(
-    db: &DatabaseConnection,
-    query: &CandidateQuery,
+    part: Part,
     after: Option<&str>,
-    limit: u32,
-) -> Result<(Vec<CandidateRow>, Scan), DbErr> {
+) -> Result<Vec<CandidateRow>, DbErr> {
     use accounts::Column as A;
+    let below = match part {
+        Part::DefaultThreshold => on_default_threshold(query.default_threshold),
+        Part::OwnThreshold => below_own_threshold(),
+    };
     let mut select = accounts::Entity::find()
         .select_only()
         .columns([
@@ -199,24 +210,21 @@ async fn own_threshold_page(
             A::BalanceMinor,
             A::AlertThresholdMinor,
         ])
-        .filter(below_own_threshold())
+        .filter(below)
         .filter(claimable_somewhere(query, db.get_database_backend()));
     if let Some(id) = after {
         select = select.filter(A::Id.gt(id));
     }
-    let rows: Vec<CandidateRow> = select
+    select
         .order_by_asc(A::Id)
-        .limit(u64::from(limit))
+        .limit(u64::from(page_size(query)))
         .into_tuple()
         .all(db)
-        .await?;
-    let next = match rows.last() {
-        Some(last) if rows.len() == limit as usize => Scan::OwnThreshold {
-            after: Some(last.0.clone()),
-        },
-        _ => Scan::Done,
-    };
-    Ok((rows, next))
+        .await
+}
+
+fn page_size(query: &CandidateQuery) -> u32 {
+    Ord::max(query.page_size, 1)
 }
 
 fn candidate(row: CandidateRow) -> Account {
@@ -290,14 +298,31 @@ impl AlertStore for SeaOrmStore {
     ) -> BoxStream<'static, Result<Vec<Account>, StoreError>> {
         let store = self.clone();
         let query = Arc::new(query);
-        let start = Scan::DefaultThreshold { after: None };
-        stream::try_unfold(start, move |scan| {
+        // The keyset: the part being scanned and the last id read from it.
+        let start = Some((Part::DefaultThreshold, None::<String>));
+        stream::try_unfold(start, move |mut scan| {
             let (store, query) = (store.clone(), query.clone());
             async move {
-                let page = next_page(&store.db, &query, scan)
-                    .await
-                    .map_err(|e| map_db_err(&store.label, "cannot read accounts", e))?;
-                Ok(page.map(|(rows, next)| (rows.into_iter().map(candidate).collect(), next)))
+                while let Some((part, after)) = scan {
+                    let rows = next_page(&store.db, &query, part, after.as_deref())
+                        .await
+                        .map_err(|e| map_db_err(&store.label, "cannot read accounts", e))?;
+                    let next_part = match part {
+                        Part::DefaultThreshold => Some((Part::OwnThreshold, None)),
+                        Part::OwnThreshold => None,
+                    };
+                    scan = match rows.last() {
+                        Some(last) if rows.len() >= page_size(&query) as usize => {
+                            Some((part, Some(last.0.clone())))
+                        }
+                        _ => next_part,
+                    };
+                    if !rows.is_empty() {
+                        let page = rows.into_iter().map(candidate).collect();
+                        return Ok(Some((page, scan)));
+                    }
+                }
+                Ok(None)
             }
         })
         .boxed()
