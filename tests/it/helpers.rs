@@ -101,6 +101,11 @@ impl TestDb {
         }
     }
 
+    /// The SQLite database file (`None` on PostgreSQL).
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        self._dir.as_ref().map(|dir| dir.path().join("test.db"))
+    }
+
     /// A new pool (as a separate process would have), with the schema migrated.
     pub async fn connect(&self) -> DatabaseConnection {
         let conn = db::connect(&self.settings(4)).await.expect("connect");
@@ -205,7 +210,11 @@ impl TestApp {
     pub async fn spawn(backend: Backend) -> Option<Self> {
         let db = TestDb::create(backend).await?;
         let conn = db.connect().await;
-        let store = SeaOrmStore::new(conn.clone(), db.url.clone());
+        // As the daemon opens it: on SQLite, writes go through one dedicated connection.
+        let writer = db::connect_writer(&db.settings(4))
+            .await
+            .expect("connect the writer");
+        let store = SeaOrmStore::new(conn.clone(), db.url.clone()).with_writer(writer);
         let audit_dir = tempfile::tempdir().expect("temp dir");
         let (audit, guard) = JsonLinesAuditLog::open(
             audit_dir.path(),

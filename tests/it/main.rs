@@ -12,3 +12,4 @@ mod hostile;
 mod process;
 mod properties;
 mod receiver;
+mod storage;
