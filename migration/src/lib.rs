@@ -25,3 +25,12 @@ impl MigratorTrait for Migrator {
         ]
     }
 }
+
+/// Runs raw SQL statements in order: for migrations made of statements SeaQuery cannot build
+/// for both backends (partial indexes, drops of named indexes).
+pub(crate) async fn run_sql(manager: &SchemaManager<'_>, statements: &[&str]) -> Result<(), DbErr> {
+    for sql in statements {
+        manager.get_connection().execute_unprepared(sql).await?;
+    }
+    Ok(())
+}

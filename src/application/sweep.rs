@@ -83,9 +83,10 @@ fn read_ahead(
 type InFlight = JoinHandle<Result<(usize, Vec<dispatch::Delivered>), StoreError>>;
 
 /// The reference's `BulkBalanceAlertService`, set-based: the database picks the candidates
-/// (below threshold, not blocked on some channel) in keyset pages; each page is claimed in
-/// one transaction, then delivered concurrently and recorded in one batch while the next
-/// page is read and claimed. Memory holds at most two pages.
+/// (below threshold, not blocked on some channel) in keyset pages of account ids; each page
+/// is claimed in one transaction, then delivered concurrently and recorded in small batches
+/// while the next page is claimed and the one after it read. Memory holds at most three
+/// pages.
 pub struct BulkBalanceAlert {
     ctx: AlertContext,
 }

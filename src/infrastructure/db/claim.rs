@@ -53,6 +53,18 @@ impl SeaOrmStore {
             .map_err(self.err("cannot begin a transaction"))
     }
 
+    /// Commits a transaction from [`Self::begin_write`] and counts it (the WAL checkpointer
+    /// waits for a moment without commits).
+    pub(super) async fn commit_write(
+        &self,
+        txn: DatabaseTransaction,
+        what: &str,
+    ) -> Result<(), StoreError> {
+        txn.commit().await.map_err(self.err(what))?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     pub(super) async fn claim_deliveries(
         &self,
         requests: &[ClaimRequest],
@@ -90,10 +102,7 @@ impl SeaOrmStore {
         let reclaimed = reclaim(&txn, &plan.retries, now)
             .await
             .map_err(self.err("cannot reclaim alerts in alert_logs"))?;
-        txn.commit()
-            .await
-            .map_err(self.err("cannot commit claims"))?;
-        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.commit_write(txn, "cannot commit claims").await?;
         let mut claims = plan.new;
         claims.retain(|c| inserted.contains(c.alert_id.as_str()));
         claims.extend(

@@ -20,9 +20,10 @@ use crate::config::DatabaseSettings;
 use crate::config::redact::mask_url;
 use crate::domain::ports::StoreError;
 
-/// SQLite page cache per connection, in KiB. A sweep keeps up to three connections busy
-/// (reading candidates, claiming, recording), so this is kept moderate: 8 MiB measured as
-/// fast as 16 MiB on a million accounts within the 64 MB memory budget (scripts/bench.sh).
+/// SQLite page cache per connection, in KiB. A sweep keeps two connections busy (the
+/// writer, which claims and records, and a reader of candidate pages), so this is kept
+/// moderate: 8 MiB measured as fast as 16 MiB on a million accounts within the 64 MB memory
+/// budget (scripts/bench.sh).
 const SQLITE_CACHE_KIB: i64 = 8 * 1024;
 
 /// SQLite: a background task copies the WAL into the database file once the writer has

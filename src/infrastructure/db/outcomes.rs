@@ -3,8 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use std::sync::atomic::Ordering;
-
 use sea_orm::sea_query::{Expr, ExprTrait, Query, SimpleExpr, UpdateStatement};
 use sea_orm::{ColumnTrait, ConnectionTrait};
 
@@ -26,26 +24,15 @@ impl SeaOrmStore {
         outcomes: &[DeliveryOutcome],
     ) -> Result<(), StoreError> {
         let statements = outcome_updates(outcomes);
-        match statements.as_slice() {
-            [] => return Ok(()),
-            // The usual batch (every delivery sent at the first attempt) is one statement,
-            // atomic on its own: no BEGIN and COMMIT round trips to the writer. On SQLite it
-            // takes the write lock as a transaction would, waiting up to the busy timeout.
-            [(update, what)] => {
-                self.writer.execute(update).await.map_err(self.err(what))?;
-            }
-            _ => {
-                let txn = self.begin_write().await?;
-                for (update, what) in &statements {
-                    txn.execute(update).await.map_err(self.err(what))?;
-                }
-                txn.commit()
-                    .await
-                    .map_err(self.err("cannot commit delivery outcomes"))?;
-            }
+        if statements.is_empty() {
+            return Ok(());
         }
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        let txn = self.begin_write().await?;
+        for (update, what) in &statements {
+            txn.execute(update).await.map_err(self.err(what))?;
+        }
+        self.commit_write(txn, "cannot commit delivery outcomes")
+            .await
     }
 }
 
