@@ -10,6 +10,7 @@ mod m20261127_000001_create_accounts;
 mod m20261127_000002_create_alert_logs;
 mod m20261127_000003_index_the_sweep;
 mod m20261127_000004_sweep_in_account_order;
+mod m20261127_000005_ids_compare_bytewise;
 
 /// Applies the migrations in order; `seaql_migrations` records what ran.
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000002_create_alert_logs::Migration),
             Box::new(m20261127_000003_index_the_sweep::Migration),
             Box::new(m20261127_000004_sweep_in_account_order::Migration),
+            Box::new(m20261127_000005_ids_compare_bytewise::Migration),
         ]
     }
 }

@@ -1,8 +1,11 @@
-//! How the SQLite store treats its files.
+//! How the store treats its files (SQLite) and its schema (PostgreSQL).
 
 use std::time::Duration;
 
-use crate::helpers::{Backend, NewAccount, TestApp};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectionTrait, Statement};
+
+use crate::helpers::{Backend, NewAccount, TestApp, TestDb};
 
 /// A sweep's writes go to the WAL; once the writer has been idle for a moment, the store
 /// copies them into the database file itself (SQLite's own autocheckpoint would wait for
@@ -35,4 +38,67 @@ async fn an_idle_sqlite_store_checkpoints_its_wal_into_the_database_file() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The id columns compare bytewise on PostgreSQL (migration 5), whatever the database's
+/// default collation, and every migration rolls back and re-applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_ids_compare_bytewise_and_the_migrations_roll_back() {
+    let Some(db) = TestDb::create(Backend::Postgres).await else {
+        return;
+    };
+    let conn = db.connect().await;
+    let collations = || async {
+        let rows = conn
+            .query_all_raw(Statement::from_string(
+                conn.get_database_backend(),
+                "SELECT table_name || '.' || column_name, coalesce(collation_name, 'default') \
+                 FROM information_schema.columns \
+                 WHERE (table_name, column_name) IN \
+                   (('accounts', 'id'), ('alert_logs', 'id'), ('alert_logs', 'account_id')) \
+                 ORDER BY 1",
+            ))
+            .await
+            .expect("read the column collations");
+        rows.iter()
+            .map(|r| {
+                let column: String = r.try_get_by_index(0).expect("column");
+                let collation: String = r.try_get_by_index(1).expect("collation");
+                format!("{column}={collation}")
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        collations().await,
+        [
+            "accounts.id=C",
+            "alert_logs.account_id=C",
+            "alert_logs.id=C"
+        ]
+    );
+    Migrator::down(&conn, Some(1))
+        .await
+        .expect("migration 5 down");
+    assert_eq!(
+        collations().await,
+        [
+            "accounts.id=default",
+            "alert_logs.account_id=default",
+            "alert_logs.id=default"
+        ]
+    );
+    Migrator::down(&conn, None)
+        .await
+        .expect("every migration down");
+    Migrator::up(&conn, None)
+        .await
+        .expect("every migration up again");
+    assert_eq!(
+        collations().await,
+        [
+            "accounts.id=C",
+            "alert_logs.account_id=C",
+            "alert_logs.id=C"
+        ]
+    );
 }
