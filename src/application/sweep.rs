@@ -1,6 +1,6 @@
 //! The bulk alert job (the *sweep*): every account below its threshold, page by page.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::time::Instant;
 
@@ -15,7 +15,7 @@ use tracing::info;
 
 use super::{AlertContext, dispatch};
 use crate::domain::ports::{CandidateQuery, ClaimRequest, LockWait, StoreError};
-use crate::domain::{Account, Claim};
+use crate::domain::{Account, ChannelName, Claim};
 
 /// Why a sweep did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -79,14 +79,17 @@ fn read_ahead(
     (rx, AbortOnDropHandle::new(reader))
 }
 
+/// A page being claimed.
+type ClaimTask = AbortOnDropHandle<Result<Vec<Claim>, StoreError>>;
+
 /// Deliveries of one page, running while the next page is read and claimed.
 type InFlight = JoinHandle<Result<(usize, Vec<dispatch::Delivered>), StoreError>>;
 
 /// The reference's `BulkBalanceAlertService`, set-based: the database picks the candidates
 /// (below threshold, not blocked on some channel) in keyset pages of account ids; each page
 /// is claimed in one transaction, then delivered concurrently and recorded in small batches
-/// while the next page is claimed and the one after it read. Memory holds at most three
-/// pages.
+/// while the next pages are claimed (one at a time, or [`parallel_claims`](crate::domain::ports::AlertStore::parallel_claims) at
+/// once) and the one after them read. Memory holds at most `parallel_claims + 2` pages.
 pub struct BulkBalanceAlert {
     ctx: AlertContext,
 }
@@ -127,16 +130,37 @@ impl BulkBalanceAlert {
             page_size: ctx.delivery.batch_size,
         });
         let (mut pages, _reader) = read_ahead(pages);
+        let parallel = ctx.store.parallel_claims().max(1);
+        // The claims running, oldest first: each is a task of its own, so its write
+        // transaction commits whatever this loop is waiting for.
+        let mut claiming: VecDeque<Result<ClaimTask, StoreError>> = VecDeque::new();
+        let mut more_pages = true;
         let mut in_flight: Option<InFlight> = None;
         let result = loop {
-            let page = match pages.recv().await.transpose() {
-                Ok(Some(page)) if !abandon.is_cancelled() => page,
-                Ok(_) => break Ok(()),
-                Err(e) => break Err(SweepError::Store(e)),
-            };
-            let claims = match self.claim(page, &channels).await {
-                Ok(claims) => claims,
-                Err(e) => break Err(e.into()),
+            while more_pages && claiming.len() < parallel && !abandon.is_cancelled() {
+                match pages.recv().await.transpose() {
+                    Ok(Some(page)) => claiming.push_back(Ok(self.spawn_claim(page, &channels))),
+                    Ok(None) => more_pages = false,
+                    // After the pages before it are delivered.
+                    Err(e) => {
+                        more_pages = false;
+                        claiming.push_back(Err(e));
+                    }
+                }
+            }
+            let claims = match claiming.pop_front() {
+                None => break Ok(()),
+                Some(Err(e)) => break Err(SweepError::Store(e)),
+                Some(Ok(task)) => match task.await {
+                    Ok(Ok(claims)) => claims,
+                    Ok(Err(e)) => break Err(SweepError::Store(e)),
+                    Err(e) => {
+                        break Err(StoreError::Unexpected(anyhow::anyhow!(
+                            "claim task failed: {e}"
+                        ))
+                        .into());
+                    }
+                },
             };
             summary.eligible += claims
                 .iter()
@@ -171,12 +195,10 @@ impl BulkBalanceAlert {
         Ok(summary)
     }
 
-    async fn claim(
-        &self,
-        page: Vec<Account>,
-        channels: &[crate::domain::ChannelName],
-    ) -> Result<Vec<Claim>, StoreError> {
-        let ctx = &self.ctx;
+    /// Claims a page in a task of its own (aborted, and its transaction rolled back, if the
+    /// sweep ends before it is awaited).
+    fn spawn_claim(&self, page: Vec<Account>, channels: &[ChannelName]) -> ClaimTask {
+        let ctx = self.ctx.clone();
         let requests: Vec<ClaimRequest> = page
             .into_iter()
             .map(|account| ClaimRequest {
@@ -184,9 +206,11 @@ impl BulkBalanceAlert {
                 channels: channels.to_vec(),
             })
             .collect();
-        ctx.store
-            .claim(&requests, &ctx.policy, ctx.clock.now(), LockWait::Skip)
-            .await
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            ctx.store
+                .claim(&requests, &ctx.policy, ctx.clock.now(), LockWait::Skip)
+                .await
+        }))
     }
 
     fn deliver(&self, claims: Vec<Claim>, abandon: &CancellationToken) -> InFlight {

@@ -97,6 +97,13 @@ pub trait AlertStore: Send + Sync {
         lock: LockWait,
     ) -> Result<Vec<Claim>, StoreError>;
 
+    /// How many [`Self::claim`] transactions of one sweep are worth running at once: 1 where
+    /// the database has a single writer (a second would only queue behind the first, and
+    /// the outcomes being recorded behind both), more on a database server.
+    fn parallel_claims(&self) -> usize {
+        1
+    }
+
     /// Marks delivered alerts `sent` (at the outcome's time) and failed ones `failed` with
     /// their error; adds the attempts. A row already `sent` MUST stay `sent`.
     async fn record_outcomes(&self, outcomes: &[DeliveryOutcome]) -> Result<(), StoreError>;
