@@ -155,8 +155,10 @@ for n in "${SIZES[@]}"; do
     config "$url"
     "$BIN" -c "$WORK/config.toml" migrate >/dev/null
     if [[ $backend == sqlite ]]; then sqlite_load "$target" "$n"; else pg_load "$target" "$n"; fi
-    # Background work after a bulk load (autovacuum, checkpoints) would be measured too.
+    # Background work after a bulk load (checkpoints, the kernel writing the loaded pages
+    # back to disk) would be measured too.
     if [[ $backend == postgres ]]; then psql -q "$target" -c "CHECKPOINT"; fi
+    sync; sleep 1
     read -r wall1 rss1 json1 < <(measure)
     read -r wall2 rss2 _ < <(measure)
     sent=$(json sent "$json1")

@@ -1,6 +1,6 @@
 //! Delivering claimed alerts: bounded concurrency, per-attempt timeout, retries with capped
-//! jittered exponential backoff (backon), one audit line per outcome as it happens, and the
-//! outcomes recorded in small batches as they complete.
+//! jittered exponential backoff (backon), and the outcomes recorded in small batches as they
+//! complete: each batch's audit lines first, then its rows in `alert_logs`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
 use super::{AlertContext, DeliveryPolicy};
-use crate::domain::ports::{AlertStore, AuditEntry, AuditEvent, Channel, StoreError};
+use crate::domain::ports::{AlertStore, AuditEntry, AuditEvent, AuditLog, Channel, StoreError};
 use crate::domain::{
     AlertMessage, ChannelName, Claim, DeliveryError, DeliveryOutcome, EmailAddress,
 };
@@ -26,7 +26,7 @@ pub struct Delivered {
     pub outcome: DeliveryOutcome,
 }
 
-/// Delivers every claim, audits each outcome as it happens and records it in `alert_logs`.
+/// Delivers every claim, audits each outcome and records it in `alert_logs`.
 ///
 /// At most `notify.concurrency` deliveries are ever sent-but-not-recorded: a permit is taken
 /// before a delivery starts and given back only once its outcome is in `alert_logs` (a
@@ -56,6 +56,7 @@ pub async fn deliver_claims(
     let recorder_failed = CancellationToken::new();
     let recorder = tokio::spawn(record_as_they_come(
         ctx.store.clone(),
+        ctx.audit.clone(),
         to_record,
         limit,
         recorder_failed.clone(),
@@ -77,8 +78,8 @@ pub async fn deliver_claims(
             () = abandon.cancelled() => break,
             () = recorder_failed.cancelled() => break,
             next = in_flight.next() => match next {
-                Some(((channel, outcome), permit)) => {
-                    if completed.send(Completed { channel, outcome, _permit: permit }).await.is_err() {
+                Some(((channel, outcome, audit), permit)) => {
+                    if completed.send(Completed { channel, outcome, audit: Some(audit), _permit: permit }).await.is_err() {
                         break;
                     }
                 }
@@ -97,13 +98,17 @@ pub async fn deliver_claims(
 struct Completed {
     channel: ChannelName,
     outcome: DeliveryOutcome,
+    /// Taken when the batch's audit lines are written.
+    audit: Option<AuditEntry>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
-/// Records outcomes in batches of whatever has completed (at most `limit`), releasing their
-/// permits once they are in `alert_logs`.
+/// Records outcomes in batches of whatever has completed (at most `limit`): the batch's audit
+/// lines in one write, then its rows in `alert_logs`, releasing their permits once they are
+/// there.
 async fn record_as_they_come(
     store: Arc<dyn AlertStore>,
+    audit: Arc<dyn AuditLog>,
     mut to_record: mpsc::Receiver<Completed>,
     limit: usize,
     failed: CancellationToken,
@@ -111,6 +116,11 @@ async fn record_as_they_come(
     let mut delivered = Vec::new();
     let mut batch = Vec::with_capacity(limit);
     while to_record.recv_many(&mut batch, limit).await > 0 {
+        let entries: Vec<AuditEntry> = batch.iter_mut().filter_map(|c| c.audit.take()).collect();
+        if let Err(e) = audit.record(&entries) {
+            let ids: Vec<&str> = entries.iter().map(|e| e.alert_id.as_str()).collect();
+            error!(alert_ids = ?ids, error = %e, "Cannot write the audit log; the outcomes are still recorded in alert_logs.");
+        }
         let outcomes: Vec<DeliveryOutcome> = batch.iter().map(|c| c.outcome.clone()).collect();
         if let Err(e) = store.record_outcomes(&outcomes).await {
             failed.cancel();
@@ -128,7 +138,7 @@ async fn deliver_one(
     ctx: &AlertContext,
     channel: Option<Arc<dyn Channel>>,
     claim: Claim,
-) -> (ChannelName, DeliveryOutcome) {
+) -> (ChannelName, DeliveryOutcome, AuditEntry) {
     let (attempts, result, recipient) =
         match (channel, EmailAddress::parse(&claim.account.owner_email)) {
             (None, _) => (
@@ -169,8 +179,8 @@ async fn deliver_one(
         attempts,
         result: result.map(|()| finished_at),
     };
-    audit(ctx, &claim, &outcome, recipient);
-    (claim.channel, outcome)
+    let audit = audit_entry(ctx, &claim, &outcome, recipient);
+    (claim.channel, outcome, audit)
 }
 
 /// Sends with the per-attempt timeout, retrying transient failures. Returns the attempts made.
@@ -211,7 +221,13 @@ pub async fn send_with_retry(
     (attempts.load(Ordering::Relaxed), result)
 }
 
-fn audit(ctx: &AlertContext, claim: &Claim, outcome: &DeliveryOutcome, recipient: String) {
+/// The audit line of an outcome (and a log line for a failure, as it happens).
+fn audit_entry(
+    ctx: &AlertContext,
+    claim: &Claim,
+    outcome: &DeliveryOutcome,
+    recipient: String,
+) -> AuditEntry {
     let (event, error) = match &outcome.result {
         Ok(_) => (AuditEvent::AlertSent, None),
         Err(e) => {
@@ -223,7 +239,7 @@ fn audit(ctx: &AlertContext, claim: &Claim, outcome: &DeliveryOutcome, recipient
             )
         }
     };
-    let entry = AuditEntry {
+    AuditEntry {
         timestamp: ctx.clock.now(),
         event,
         alert_id: claim.alert_id.clone(),
@@ -234,9 +250,6 @@ fn audit(ctx: &AlertContext, claim: &Claim, outcome: &DeliveryOutcome, recipient
         balance: ctx.currency.decimal(claim.account.balance),
         attempts: claim.prior_attempts.saturating_add(outcome.attempts),
         error,
-    };
-    if let Err(e) = ctx.audit.record(&entry) {
-        error!(alert_id = %claim.alert_id, error = %e, "Cannot write the audit log; the outcome is still recorded in alert_logs.");
     }
 }
 

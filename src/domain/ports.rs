@@ -158,7 +158,8 @@ pub struct AuditEntry {
 
 /// The operators' record of every delivery outcome.
 pub trait AuditLog: Send + Sync {
-    /// Records one entry without blocking on disk I/O. MUST NOT drop entries: when the
-    /// writer is saturated it waits. Errors mean the entry could not be queued at all.
-    fn record(&self, entry: &AuditEntry) -> Result<(), std::io::Error>;
+    /// Records entries, in order and together, without blocking on disk I/O. MUST NOT drop
+    /// entries: when the writer is saturated it waits. Errors mean the entries could not be
+    /// queued at all.
+    fn record(&self, entries: &[AuditEntry]) -> Result<(), std::io::Error>;
 }
