@@ -362,10 +362,10 @@ impl AlertStore for SeaOrmStore {
             // One writer: claims queue on it anyway.
             DbBackend::Sqlite => 1,
             // The server runs two claims on two cores while this process delivers: a
-            // claim's round trips (lock, re-read, insert, commit) leave its backend idle
-            // between statements. scripts/bench.sh, 1,000,000 accounts: with the
-            // one-statement outcome batches, a first sweep of 4.4 s -> 3.4 s; a third
-            // claim gained nothing.
+            // claim's backend idles between its statements (lock, re-read, insert,
+            // commit). scripts/bench.sh data, 1,000,000 accounts, medians of three runs: a
+            // first sweep of ~4.4 s with one claim at a time, ~3.4-3.8 s with two; a third
+            // gained nothing.
             _ => PARALLEL_CLAIMS_ON_A_SERVER,
         }
     }
