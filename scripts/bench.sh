@@ -8,7 +8,7 @@
 #                                     this shared 2-core VM varies by ±20% run to run)
 #
 # For each N and backend (10% of the accounts below the 50.00 threshold, random UUID ids):
-#   first_s     first sweep, console channel written to a file
+#   first_s     first sweep, console channel to /dev/null
 #   deliv/s     its deliveries per second
 #   resweep_s   the immediate re-sweep (everything in cooldown)
 #   rss_mb      peak RSS of the sweep process (/usr/bin/time -v)
@@ -44,13 +44,20 @@ config() { # URL [extra toml]
   printf '[database]\nurl = "%s"\n[log]\ndir = "%s/logs"\n%s\n' "$1" "$WORK" "${2:-}" >"$WORK/config.toml"
 }
 
-# Runs one sweep; prints "wall_s max_rss_mb summary-json".
+# Runs one sweep with its stdout (the console channel's alerts, the summary) going to
+# STDOUT (default /dev/null, as the performance issue specifies); prints "wall_s max_rss_mb".
 measure() {
-  local out=$WORK/out.txt tv=$WORK/time.txt wall rss
+  local out=${1:-/dev/null} tv=$WORK/time.txt wall rss
   /usr/bin/time -v "$BIN" -c "$WORK/config.toml" sweep --json >"$out" 2>"$tv"
   wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,t,":"); s=0; for(i=1;i<=n;i++) s=s*60+t[i]; print s}' "$tv")
   rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.1f", $2/1024}' "$tv")
-  echo "$wall $rss $(tail -n 1 "$out")"
+  echo "$wall $rss"
+}
+
+# Alerts marked sent so far (the console output went to /dev/null).
+count_sent() { # backend target
+  local sql="SELECT count(*) FROM alert_logs WHERE status = 'sent'"
+  if [[ $1 == sqlite ]]; then sqlite3 "$2" "$sql"; else psql -Atq "$2" -c "$sql"; fi
 }
 
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {printf "%.2f\n", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
@@ -144,7 +151,8 @@ webhook() { # -> deliveries per second (and checks the receiver saw every one)
   sleep 0.3
   local extra="[notify]\nchannels = [\"webhook\"]\nconcurrency = 64\n[notify.webhook]\nurl = \"http://127.0.0.1:$PORT/hook\""
   config "$1" "$(printf "$extra")"
-  read -r wall _ summary < <(measure)
+  read -r wall _ < <(measure "$WORK/out.txt")
+  local summary; summary=$(tail -n 1 "$WORK/out.txt")
   exec 7>&-
   wait "$receiver"
   local sent received
@@ -174,9 +182,9 @@ for n in "${SIZES[@]}"; do
     firsts=(); resweeps=(); bases=(); peak=0
     for ((run = 1; run <= RUNS; run++)); do
       if ((run > 1)); then reset_alerts "$backend" "$target"; sync; sleep 1; fi
-      read -r wall1 rss1 json1 < <(measure)
-      read -r wall2 rss2 _ < <(measure)
-      sent=$(json sent "$json1")
+      read -r wall1 rss1 < <(measure)
+      sent=$(count_sent "$backend" "$target")
+      read -r wall2 rss2 < <(measure)
       firsts+=("$wall1"); resweeps+=("$wall2")
       peak=$(printf '%s\n' "$peak" "$rss1" "$rss2" | sort -g | tail -n 1)
     done
