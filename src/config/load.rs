@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
 use super::{ChannelKind, Settings};
-use crate::domain::{AlertPolicy, Currency, Money};
+use crate::domain::{AlertPolicy, Currency, Money, MoneyError};
 
 /// The built-in defaults: the same file operators read, so the two cannot drift.
 pub const DEFAULTS: &str = include_str!("../../config/default.toml");
@@ -89,9 +89,18 @@ fn validate(settings: Settings) -> Result<LoadedConfig, ConfigError> {
         };
         invalid(key, e.to_string())
     })?;
-    let default_threshold: Money = currency
-        .parse_amount(&settings.alert.threshold)
-        .map_err(|e| invalid("alert.threshold", e.to_string()))?;
+    let default_threshold: Money =
+        currency
+            .parse_amount(&settings.alert.threshold)
+            .map_err(|e| match e {
+                // Either key may be the one to change (e.g. minor_digits = 0 with the default
+                // threshold "50.00"): name both.
+                MoneyError::TooManyDigits { .. } => invalid(
+                    "alert.threshold",
+                    format!("{e} (set by currency.minor_digits = {})", c.minor_digits),
+                ),
+                _ => invalid("alert.threshold", e.to_string()),
+            })?;
     validate_database(&settings)?;
     validate_cron(&settings.schedule.cron)?;
     validate_notify(&settings)?;

@@ -190,6 +190,8 @@ fn bad_configuration_exits_2_naming_the_key() {
             "delivery.max_attempts",
         ),
         ("[currency]\nminor_digits = 30", "currency.minor_digits"),
+        // Valid alone, but the default threshold "50.00" has two fractional digits.
+        ("[currency]\nminor_digits = 0", "currency.minor_digits = 0"),
         (
             "[database]\nurl = \"mysql://u:hunter2@h/db\"",
             "database.url",
