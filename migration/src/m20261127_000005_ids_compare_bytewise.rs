@@ -5,7 +5,8 @@
 //! id indexes — the primary keys, the foreign-key probes, the sweep's keyset pages, the
 //! alert_logs indexes keyed by account — goes through the C library's `strcoll`; under
 //! `"C"` it is a `memcmp`. Measured with scripts/bench.sh's data (1,000,000 accounts,
-//! 100,000 eligible, PostgreSQL 15 with `C.UTF-8`): first sweep 4.66 s -> 4.09 s. The order
+//! 100,000 eligible, PostgreSQL 15 with `C.UTF-8`, three paired runs on freshly loaded
+//! databases): first sweep ~5.3 s -> ~4.4 s. The order
 //! is also the byte order that SQLite (`BINARY`) and the daemon's own sorting use.
 //! SQLite needs nothing: it compares text bytewise already.
 //!

@@ -88,8 +88,10 @@ type InFlight = JoinHandle<Result<(usize, Vec<dispatch::Delivered>), StoreError>
 /// The reference's `BulkBalanceAlertService`, set-based: the database picks the candidates
 /// (below threshold, not blocked on some channel) in keyset pages of account ids; each page
 /// is claimed in one transaction, then delivered concurrently and recorded in small batches
-/// while the next pages are claimed (one at a time, or [`parallel_claims`](crate::domain::ports::AlertStore::parallel_claims) at
-/// once) and the one after them read. Memory holds at most `parallel_claims + 2` pages.
+/// while the next pages are claimed (one at a time, or [`parallel_claims`] at once) and the
+/// one after them read. Memory holds at most `parallel_claims + 2` pages.
+///
+/// [`parallel_claims`]: crate::domain::ports::AlertStore::parallel_claims
 pub struct BulkBalanceAlert {
     ctx: AlertContext,
 }

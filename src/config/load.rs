@@ -92,14 +92,17 @@ fn validate(settings: Settings) -> Result<LoadedConfig, ConfigError> {
     let default_threshold: Money =
         currency
             .parse_amount(&settings.alert.threshold)
-            .map_err(|e| match e {
+            .map_err(|e| {
+                let mut message = e.to_string();
                 // Either key may be the one to change (e.g. minor_digits = 0 with the default
                 // threshold "50.00"): name both.
-                MoneyError::TooManyDigits { .. } => invalid(
-                    "alert.threshold",
-                    format!("{e} (set by currency.minor_digits = {})", c.minor_digits),
-                ),
-                _ => invalid("alert.threshold", e.to_string()),
+                if matches!(e, MoneyError::TooManyDigits { .. }) {
+                    message.push_str(&format!(
+                        " (set by currency.minor_digits = {})",
+                        c.minor_digits
+                    ));
+                }
+                invalid("alert.threshold", message)
             })?;
     validate_database(&settings)?;
     validate_cron(&settings.schedule.cron)?;

@@ -40,6 +40,12 @@ async fn an_idle_sqlite_store_checkpoints_its_wal_into_the_database_file() {
     }
 }
 
+const BYTEWISE: [&str; 3] = [
+    "accounts.id=C",
+    "alert_logs.account_id=C",
+    "alert_logs.id=C",
+];
+
 /// The id columns compare bytewise on PostgreSQL (migration 5), whatever the database's
 /// default collation, and every migration rolls back and re-applies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,14 +74,7 @@ async fn postgres_ids_compare_bytewise_and_the_migrations_roll_back() {
             })
             .collect::<Vec<_>>()
     };
-    assert_eq!(
-        collations().await,
-        [
-            "accounts.id=C",
-            "alert_logs.account_id=C",
-            "alert_logs.id=C"
-        ]
-    );
+    assert_eq!(collations().await, BYTEWISE);
     Migrator::down(&conn, Some(1))
         .await
         .expect("migration 5 down");
@@ -93,12 +92,5 @@ async fn postgres_ids_compare_bytewise_and_the_migrations_roll_back() {
     Migrator::up(&conn, None)
         .await
         .expect("every migration up again");
-    assert_eq!(
-        collations().await,
-        [
-            "accounts.id=C",
-            "alert_logs.account_id=C",
-            "alert_logs.id=C"
-        ]
-    );
+    assert_eq!(collations().await, BYTEWISE);
 }
