@@ -20,6 +20,7 @@ use sea_orm::{
     QueryOrder, QuerySelect, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 
+use super::convert::status_literal;
 use super::entities::{accounts, alert_logs};
 use super::store::{IDS_PER_QUERY, SeaOrmStore, open_and_recent, to_records};
 use crate::domain::ports::{ClaimRequest, LockWait, StoreError};
@@ -266,7 +267,7 @@ async fn reclaim(
                 by_id(balances, L::BalanceAtAlertMinor),
             )
             .and_where(L::Id.is_in(chunk.iter().map(|c| c.alert_id.as_str())))
-            .and_where(L::Status.ne(AlertStatus::Sent.as_str()))
+            .and_where(Expr::col(L::Status).ne(status_literal(AlertStatus::Sent)))
             .returning_col(L::Id);
         for row in txn.query_all(&update).await? {
             reclaimed.insert(row.try_get::<String>("", "id")?);

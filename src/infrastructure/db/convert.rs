@@ -2,6 +2,7 @@
 //! never a panic.
 
 use anyhow::anyhow;
+use sea_orm::sea_query::Expr;
 
 use super::entities::{accounts, alert_logs};
 use crate::domain::{Account, AccountId, AlertId, AlertRecord, AlertStatus, ChannelName, Money};
@@ -37,6 +38,18 @@ impl TryFrom<alert_logs::Model> for AlertRecord {
             sent_at: row.sent_at,
         })
     }
+}
+
+/// `status` compared in a WHERE clause: written into the SQL as a literal, not bound.
+///
+/// `status <> 'sent'` is the predicate of the partial unique index on unresolved alerts. When
+/// SQLite matches a bound parameter against a partial index's predicate, it marks the
+/// statement to be compiled again whenever that parameter is bound anew — on every execution:
+/// a large first sweep spent ~6% of its CPU re-parsing the same UPDATE and SELECT (perf). As a
+/// literal the cached statement is reused; PostgreSQL likewise proves the partial index
+/// predicate from a literal in its generic plans, where it cannot from a parameter.
+pub(super) fn status_literal(status: AlertStatus) -> Expr {
+    Expr::Constant(status.as_str().into())
 }
 
 /// Attempts as stored (INTEGER); saturates instead of wrapping.

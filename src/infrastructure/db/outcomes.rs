@@ -7,7 +7,7 @@ use sea_orm::sea_query::{Expr, ExprTrait, Query, SimpleExpr, UpdateStatement};
 use sea_orm::{ColumnTrait, ConnectionTrait};
 
 use super::claim::{ROWS_PER_CASE, by_id};
-use super::convert::attempts_column;
+use super::convert::{attempts_column, status_literal};
 use super::entities::alert_logs;
 use super::store::{IDS_PER_QUERY, SeaOrmStore};
 use crate::domain::ports::StoreError;
@@ -84,7 +84,7 @@ fn outcome_updates(outcomes: &[DeliveryOutcome]) -> Vec<(UpdateStatement, &'stat
                 .value(L::LastError, Option::<String>::None)
                 .and_where(L::Id.is_in(chunk.iter().map(|o| o.alert_id.as_str())))
                 // A row already sent keeps its first sent_at.
-                .and_where(L::Status.ne(AlertStatus::Sent.as_str()));
+                .and_where(Expr::col(L::Status).ne(status_literal(AlertStatus::Sent)));
             statements.push((update, "cannot mark alerts sent"));
         }
     }
@@ -104,7 +104,7 @@ fn outcome_updates(outcomes: &[DeliveryOutcome]) -> Vec<(UpdateStatement, &'stat
             .and_where(L::Id.is_in(chunk.iter().map(|o| o.alert_id.as_str())))
             // Never overwrite `sent`: a competitor that took over an expired claim may have
             // delivered it meanwhile.
-            .and_where(L::Status.eq(AlertStatus::Pending.as_str()));
+            .and_where(Expr::col(L::Status).eq(status_literal(AlertStatus::Pending)));
         statements.push((update, "cannot mark alerts failed"));
     }
     statements

@@ -16,10 +16,13 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::debug;
 
+use super::convert::status_literal;
 use super::entities::{accounts, alert_logs};
 use super::{SQLITE_CHECKPOINT_WHEN_IDLE, map_db_err};
 use crate::domain::ports::{AlertStore, CandidateQuery, ClaimRequest, LockWait, StoreError};
-use crate::domain::{Account, AccountId, AlertPolicy, AlertRecord, Claim, DeliveryOutcome, Money};
+use crate::domain::{
+    Account, AccountId, AlertPolicy, AlertRecord, AlertStatus, Claim, DeliveryOutcome, Money,
+};
 
 /// Ids per `IN (...)` list: far below SQLite's 32,766 and PostgreSQL's 65,535 bind limits.
 pub(super) const IDS_PER_QUERY: usize = 5_000;
@@ -156,7 +159,10 @@ fn claimable_somewhere(query: &CandidateQuery, backend: DbBackend) -> Condition 
                         .add(Expr::col((alert_logs::Entity, L::SentAt)).gte(query.cooldown_cutoff))
                         .add(
                             Condition::all()
-                                .add(Expr::col((alert_logs::Entity, L::Status)).eq("pending"))
+                                .add(
+                                    Expr::col((alert_logs::Entity, L::Status))
+                                        .eq(status_literal(AlertStatus::Pending)),
+                                )
                                 .add(
                                     Expr::col((alert_logs::Entity, L::ClaimedAt))
                                         .gt(query.claim_expiry),
@@ -255,7 +261,7 @@ pub(super) async fn open_and_recent<C: ConnectionTrait>(
             .filter(L::AccountId.is_in(chunk.iter().map(String::as_str)))
             .filter(
                 Condition::any()
-                    .add(L::Status.ne("sent"))
+                    .add(Expr::col(L::Status).ne(status_literal(AlertStatus::Sent)))
                     .add(L::SentAt.gte(sent_since)),
             )
             .all(db)
