@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use futures::stream::{self, StreamExt};
@@ -94,6 +95,12 @@ pub async fn deliver_claims(
         .map_err(|e| StoreError::Unexpected(anyhow::anyhow!("outcome recorder failed: {e}")))?
 }
 
+/// How long the recorder waits for the next batch before it gives its database connection
+/// back: on SQLite that connection is the single writer, which the next page's claim waits
+/// for. With the console channel the next batch arrives a fraction of a millisecond after
+/// the previous one is recorded; slower channels let the connection go between batches.
+const RELEASE_WHEN_IDLE: Duration = Duration::from_millis(2);
+
 /// A delivered alert waiting to be recorded; its permit is released when it is.
 struct Completed {
     channel: ChannelName,
@@ -113,16 +120,31 @@ async fn record_as_they_come(
     limit: usize,
     failed: CancellationToken,
 ) -> Result<Vec<Delivered>, StoreError> {
+    let mut recorder = store.outcome_recorder();
     let mut delivered = Vec::new();
     let mut batch = Vec::with_capacity(limit);
-    while to_record.recv_many(&mut batch, limit).await > 0 {
+    loop {
+        let received =
+            match tokio::time::timeout(RELEASE_WHEN_IDLE, to_record.recv_many(&mut batch, limit))
+                .await
+            {
+                Ok(received) => received,
+                // recv_many is cancel-safe: nothing was taken from the queue.
+                Err(_idle) => {
+                    recorder.release();
+                    to_record.recv_many(&mut batch, limit).await
+                }
+            };
+        if received == 0 {
+            break;
+        }
         let entries: Vec<AuditEntry> = batch.iter_mut().filter_map(|c| c.audit.take()).collect();
         if let Err(e) = audit.record(&entries) {
             let ids: Vec<&str> = entries.iter().map(|e| e.alert_id.as_str()).collect();
             error!(alert_ids = ?ids, error = %e, "Cannot write the audit log; the outcomes are still recorded in alert_logs.");
         }
         let outcomes: Vec<DeliveryOutcome> = batch.iter().map(|c| c.outcome.clone()).collect();
-        if let Err(e) = store.record_outcomes(&outcomes).await {
+        if let Err(e) = recorder.record(&outcomes).await {
             failed.cancel();
             return Err(e);
         }

@@ -104,9 +104,22 @@ pub trait AlertStore: Send + Sync {
         1
     }
 
+    /// Where the outcomes of one run of deliveries are recorded, batch after batch.
+    fn outcome_recorder(&self) -> Box<dyn OutcomeRecorder>;
+}
+
+/// Records delivery outcomes batch after batch. It may keep its database connection from
+/// one batch to the next (checking a connection out of the pool and back for every batch
+/// costs a round trip each time); [`Self::release`] gives it back while no batch is coming,
+/// and so does dropping the recorder.
+#[async_trait]
+pub trait OutcomeRecorder: Send {
     /// Marks delivered alerts `sent` (at the outcome's time) and failed ones `failed` with
     /// their error; adds the attempts. A row already `sent` MUST stay `sent`.
-    async fn record_outcomes(&self, outcomes: &[DeliveryOutcome]) -> Result<(), StoreError>;
+    async fn record(&mut self, outcomes: &[DeliveryOutcome]) -> Result<(), StoreError>;
+
+    /// Gives back the connection kept between batches, if any.
+    fn release(&mut self);
 }
 
 /// A way to tell an account owner (or the bank's staff) about a low balance.

@@ -1,15 +1,16 @@
 //! Concurrent sweeps — separate connection pools, as separate processes would have — deliver
 //! exactly one alert per eligible account (counted at the channel).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use balance_alertd::application::check_account::BalanceAlert;
+use balance_alertd::application::check_account::{BalanceAlert, Outcome};
 use balance_alertd::application::sweep::BulkBalanceAlert;
 use balance_alertd::domain::Currency;
-use balance_alertd::infrastructure::db::SeaOrmStore;
+use balance_alertd::infrastructure::db::{self, SeaOrmStore};
 use balance_alertd::infrastructure::notify::ConsoleChannel;
 
-use crate::helpers::{Backend, NewAccount, TestApp};
+use crate::helpers::{Backend, NewAccount, SlowConsole, TestApp};
 
 const ELIGIBLE: usize = 400;
 
@@ -102,4 +103,54 @@ async fn concurrent_checks_alert_once(backend: Backend) {
     }
     assert_eq!(app.console.count_for("race@example.com"), 1);
     assert_eq!(app.alert_rows(&id).await.len(), 1);
+}
+
+/// On SQLite the outcome recorder keeps the process's one writer connection from batch to
+/// batch only while deliveries come back to back. Between slow deliveries it gives it back,
+/// so another writer — here a balance check — does not wait for a page of slow deliveries
+/// (and time out: this writer waits at most 250 ms for the connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_deliveries_leave_the_sqlite_writer_to_other_writers_between_batches() {
+    let Some(mut app) = TestApp::spawn(Backend::Sqlite).await else {
+        return;
+    };
+    let mut settings = app.db.settings(4);
+    settings.connect_timeout = Duration::from_millis(250);
+    let writer = db::connect_writer(&settings).await.expect("writer");
+    app.store = SeaOrmStore::new(app.conn.clone(), app.db.url.clone()).with_writer(writer);
+    app.delivery.concurrency = 1;
+    for i in 0..3 {
+        app.insert_account(NewAccount::new(&format!("slow{i}@example.com"), 100))
+            .await;
+    }
+    let console = Arc::new(Mutex::new(SlowConsole {
+        delay: Duration::from_millis(600),
+        inner: app.console.clone(),
+    }));
+    let slow = ConsoleChannel::new(Currency::usd(), console);
+    let ctx = app.context_with(vec![Arc::new(slow)]);
+    let sweep = tokio::spawn(async move { BulkBalanceAlert::new(ctx).execute().await });
+
+    // The first delivery is written (and recorded right after); the second takes 600 ms.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.console.lines().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the first slow delivery never came"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let late = app
+        .insert_account(NewAccount::new("late@example.com", 100))
+        .await;
+    let outcome = BalanceAlert::new(app.context())
+        .execute(&late)
+        .await
+        .expect("the check gets the writer while the sweep waits for a slow delivery");
+    assert!(matches!(outcome, Outcome::Evaluated(_)), "{outcome:?}");
+    assert_eq!(app.console.count_for("late@example.com"), 1);
+
+    let summary = sweep.await.expect("sweep task").expect("sweep");
+    assert_eq!((summary.sent, summary.failed), (3, 0));
 }

@@ -2,7 +2,6 @@
 //! a config file — and, for the slow-sweep shutdown, driven in-process with a slow console.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -13,7 +12,7 @@ use balance_alertd::daemon::{Control, Daemon};
 use balance_alertd::domain::ports::AuditLog;
 use balance_alertd::infrastructure::audit::JsonLinesAuditLog;
 
-use crate::helpers::{Backend, Captured, NewAccount, TestApp, read_json_lines};
+use crate::helpers::{Backend, NewAccount, SlowConsole, TestApp, read_json_lines};
 
 use crate::process::{BIN, DaemonProcess};
 
@@ -242,23 +241,6 @@ async fn sigint_stops_like_sigterm_and_the_watchdog_is_fed() {
     daemon.wait_for_note("STOPPING=1", SECONDS_5);
     assert_eq!(daemon.wait_exit(SECONDS_5).and_then(|s| s.code()), Some(0));
     assert!(daemon.output().contains("Stopped."));
-}
-
-/// A terminal or pipe that takes `delay` per line: a real slow stdout, in-process.
-struct SlowConsole {
-    delay: Duration,
-    inner: Captured,
-}
-
-impl Write for SlowConsole {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        std::thread::sleep(self.delay);
-        self.inner.out().lock().unwrap().write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// A daemon driven in-process, its console slowed to 300 ms a line, its audit log in

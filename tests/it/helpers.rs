@@ -172,6 +172,23 @@ impl Captured {
     }
 }
 
+/// A terminal or pipe that takes `delay` per line: a real slow stdout, in-process.
+pub struct SlowConsole {
+    pub delay: Duration,
+    pub inner: Captured,
+}
+
+impl Write for SlowConsole {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::thread::sleep(self.delay);
+        self.inner.out().lock().unwrap().write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Fields of an account row an external writer inserts.
 pub struct NewAccount<'a> {
     pub email: &'a str,

@@ -18,11 +18,12 @@ use tracing::debug;
 
 use super::convert::status_literal;
 use super::entities::{accounts, alert_logs};
+use super::outcomes::HeldOutcomeRecorder;
 use super::{SQLITE_CHECKPOINT_WHEN_IDLE, map_db_err};
-use crate::domain::ports::{AlertStore, CandidateQuery, ClaimRequest, LockWait, StoreError};
-use crate::domain::{
-    Account, AccountId, AlertPolicy, AlertRecord, AlertStatus, Claim, DeliveryOutcome, Money,
+use crate::domain::ports::{
+    AlertStore, CandidateQuery, ClaimRequest, LockWait, OutcomeRecorder, StoreError,
 };
+use crate::domain::{Account, AccountId, AlertPolicy, AlertRecord, AlertStatus, Claim, Money};
 
 /// Ids per `IN (...)` list: far below SQLite's 32,766 and PostgreSQL's 65,535 bind limits.
 pub(super) const IDS_PER_QUERY: usize = 5_000;
@@ -359,8 +360,8 @@ impl AlertStore for SeaOrmStore {
         self.claim_deliveries(requests, policy, now, lock).await
     }
 
-    async fn record_outcomes(&self, outcomes: &[DeliveryOutcome]) -> Result<(), StoreError> {
-        self.write_outcomes(outcomes).await
+    fn outcome_recorder(&self) -> Box<dyn OutcomeRecorder> {
+        Box::new(HeldOutcomeRecorder::new(self.clone()))
     }
 
     fn parallel_claims(&self) -> usize {
