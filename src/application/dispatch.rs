@@ -1,6 +1,6 @@
 //! Delivering claimed alerts: bounded concurrency, per-attempt timeout, retries with capped
 //! jittered exponential backoff (backon), and the outcomes recorded in small batches as they
-//! complete: each batch's audit lines first, then its rows in `alert_logs`.
+//! complete: each batch's audit lines queued while its rows are written to `alert_logs`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -110,9 +110,9 @@ struct Completed {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
-/// Records outcomes in batches of whatever has completed (at most `limit`): the batch's audit
-/// lines in one write, then its rows in `alert_logs`, releasing their permits once they are
-/// there.
+/// Records outcomes in batches of whatever has completed (at most `limit`): the batch's rows
+/// in `alert_logs` and, meanwhile, its audit lines in one queued write; the permits are
+/// released once the rows are there.
 async fn record_as_they_come(
     store: Arc<dyn AlertStore>,
     audit: Arc<dyn AuditLog>,
@@ -139,12 +139,16 @@ async fn record_as_they_come(
             break;
         }
         let entries: Vec<AuditEntry> = batch.iter_mut().filter_map(|c| c.audit.take()).collect();
-        if let Err(e) = audit.record(&entries) {
+        let outcomes: Vec<DeliveryOutcome> = batch.iter().map(|c| c.outcome.clone()).collect();
+        // The audit lines are serialized and queued while the database runs the batch's
+        // UPDATE (the recorder has sent it before the audit future is first polled).
+        let (recorded, audited) =
+            tokio::join!(recorder.record(&outcomes), async { audit.record(&entries) });
+        if let Err(e) = audited {
             let ids: Vec<&str> = entries.iter().map(|e| e.alert_id.as_str()).collect();
             error!(alert_ids = ?ids, error = %e, "Cannot write the audit log; the outcomes are still recorded in alert_logs.");
         }
-        let outcomes: Vec<DeliveryOutcome> = batch.iter().map(|c| c.outcome.clone()).collect();
-        if let Err(e) = recorder.record(&outcomes).await {
+        if let Err(e) = recorded {
             failed.cancel();
             return Err(e);
         }

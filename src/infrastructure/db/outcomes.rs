@@ -212,13 +212,13 @@ fn outcome_updates(outcomes: &[DeliveryOutcome]) -> Vec<(UpdateStatement, &'stat
             let mut update = Query::update();
             update
                 .table(alert_logs::Entity)
-                .value(L::Status, AlertStatus::Sent.as_str())
+                .value(L::Status, status_literal(AlertStatus::Sent))
                 .value(L::SentAt, sent_at)
                 .value(
                     L::Attempts,
                     Expr::col(L::Attempts).add(attempts_column(attempts)),
                 )
-                .value(L::LastError, Option::<String>::None)
+                .value(L::LastError, Expr::Constant(Option::<String>::None.into()))
                 .and_where(L::Id.is_in(chunk.iter().map(|o| o.alert_id.as_str())))
                 // A row already sent keeps its first sent_at.
                 .and_where(Expr::col(L::Status).ne(status_literal(AlertStatus::Sent)));
