@@ -141,7 +141,8 @@ async fn record_as_they_come(
         let entries: Vec<AuditEntry> = batch.iter_mut().filter_map(|c| c.audit.take()).collect();
         let outcomes: Vec<DeliveryOutcome> = batch.iter().map(|c| c.outcome.clone()).collect();
         // The audit lines are serialized and queued while the database runs the batch's
-        // UPDATE (the recorder has sent it before the audit future is first polled).
+        // UPDATE: join polls the recorder first, which sends the UPDATE (or waits for its
+        // connection) before the audit future runs.
         let (recorded, audited) =
             tokio::join!(recorder.record(&outcomes), async { audit.record(&entries) });
         if let Err(e) = audited {

@@ -45,6 +45,7 @@ pub(super) struct HeldOutcomeRecorder {
     held: Option<(Held, Instant)>,
 }
 
+/// The connection kept between batches, of the writer's kind.
 enum Held {
     Sqlite(PoolConnection<Sqlite>),
     Postgres(PoolConnection<Postgres>),
