@@ -5,7 +5,7 @@
 #
 #   scripts/bench.sh [N ...]          default: 10000 100000 1000000
 #   BENCH_RUNS=5 scripts/bench.sh     sweeps and baselines per size and backend (default 3;
-#                                     this shared 2-core VM varies by ±20% run to run)
+#                                     this shared 2-core VM varies by up to 30% run to run)
 #
 # For each N and backend (10% of the accounts below the 50.00 threshold, random UUID ids):
 #   first_s     first sweep, console channel to /dev/null
