@@ -102,7 +102,11 @@ pub async fn open_store(config: &LoadedConfig) -> Result<SeaOrmStore, AppError> 
         migrate_up(&conn).await?;
     }
     let writer = db::connect_writer(settings).await?;
-    Ok(SeaOrmStore::new(conn, settings.display_url()).with_writer(writer))
+    Ok(SeaOrmStore::with_writer(
+        conn,
+        writer,
+        settings.display_url(),
+    ))
 }
 
 /// Applies pending migrations in one transaction that first takes a lock (an advisory lock
@@ -161,7 +165,7 @@ pub fn build_context_with_clock(
         channels,
         audit,
         clock,
-        policy: config.policy.clone(),
+        rules: config.rules.clone(),
         delivery: delivery_policy(config),
         currency: config.currency.clone(),
     })

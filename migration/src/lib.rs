@@ -11,6 +11,7 @@ mod m20261127_000002_create_alert_logs;
 mod m20261127_000003_index_the_sweep;
 mod m20261127_000004_sweep_in_account_order;
 mod m20261127_000005_ids_compare_bytewise;
+mod m20261201_000006_leases_and_failure_classes;
 
 /// Applies the migrations in order; `seaql_migrations` records what ran.
 pub struct Migrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000003_index_the_sweep::Migration),
             Box::new(m20261127_000004_sweep_in_account_order::Migration),
             Box::new(m20261127_000005_ids_compare_bytewise::Migration),
+            Box::new(m20261201_000006_leases_and_failure_classes::Migration),
         ]
     }
 }

@@ -8,12 +8,12 @@ use migration::{Migrator, MigratorTrait};
 use super::{
     AppError, build_context, delivery_exit_code, migrate_up, open_audit, open_store, stdout_console,
 };
-use crate::application::check_account::{BalanceAlert, ChannelOutcome, Outcome};
+use crate::application::check_account::{BalanceAlert, ChannelResult, CheckReport};
 use crate::application::sweep::BulkBalanceAlert;
 use crate::cli::{Command, MigrateAction};
 use crate::config::{LoadedConfig, Sources};
 use crate::daemon::{Daemon, signals};
-use crate::domain::AccountId;
+use crate::domain::{AccountId, AlertStatus, Decision};
 use crate::infrastructure::clock::SystemClock;
 use crate::infrastructure::db;
 use crate::infrastructure::notify;
@@ -67,23 +67,18 @@ async fn check(config: &LoadedConfig, account_id: &AccountId) -> Result<ExitCode
     let currency = ctx.currency.clone();
     let outcome = BalanceAlert::new(ctx).execute(account_id).await?;
     match &outcome {
-        Outcome::NotFound => println!("check: account {account_id}: not found"),
-        Outcome::AboveThreshold { balance, threshold } => println!(
+        CheckReport::NotFound => println!("check: account {account_id}: not found"),
+        CheckReport::AboveThreshold { balance, threshold } => println!(
             "check: account {account_id}: balance {} is not below {}; no alert",
             currency.format(*balance),
             currency.format(*threshold)
         ),
-        Outcome::Evaluated(channels) => {
+        CheckReport::Evaluated(channels) => {
             for (channel, result) in channels {
-                let text = match result {
-                    ChannelOutcome::Sent { alert_id } => format!("sent (alert {alert_id})"),
-                    ChannelOutcome::Failed { alert_id, error } => {
-                        format!("failed (alert {alert_id}): {error}")
-                    }
-                    ChannelOutcome::InCooldown => "in cooldown; not sent".into(),
-                    ChannelOutcome::InFlight => "being delivered by another sweep".into(),
-                };
-                println!("check: account {account_id}: {channel}: {text}");
+                println!(
+                    "check: account {account_id}: {channel}: {}",
+                    explain(result)
+                );
             }
         }
     }
@@ -142,4 +137,46 @@ fn print_config(config: &LoadedConfig, check_only: bool) -> Result<ExitCode, App
         print!("{text}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One channel's result of a check, in plain words.
+fn explain(result: &ChannelResult) -> String {
+    match result {
+        ChannelResult::Delivered(o) => {
+            let error = o.error.as_deref().unwrap_or_default();
+            match o.status {
+                AlertStatus::Sent => format!("sent (alert {})", o.alert_id),
+                AlertStatus::Retry => format!(
+                    "failed (alert {}): {error}; retried by the next sweep",
+                    o.alert_id
+                ),
+                AlertStatus::Expired => format!(
+                    "failed (alert {}): {error}; given up (delivery.give_up_after)",
+                    o.alert_id
+                ),
+                _ => format!(
+                    "failed (alert {}): {error}; not retried until the contact details change",
+                    o.alert_id
+                ),
+            }
+        }
+        ChannelResult::NotDue(decision) => match decision {
+            Decision::InCooldown { since } => format!(
+                "in cooldown since {}; not sent",
+                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            Decision::InFlight { .. } => "being delivered by another sweep".into(),
+            Decision::Parked { alert_id } => format!(
+                "failed permanently on these contact details (alert {alert_id}); \
+                 not retried until they change"
+            ),
+            Decision::Expire { alert_id, .. } => {
+                format!("given up (alert {alert_id}): still failing after delivery.give_up_after")
+            }
+            Decision::New | Decision::Retry { .. } => "claimed by another sweep meanwhile".into(),
+        },
+        ChannelResult::NotAttempted => {
+            "claimed, but its lease ran short before an attempt; retried later".into()
+        }
+    }
 }

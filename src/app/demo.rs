@@ -10,7 +10,7 @@ use sea_orm::{ActiveValue::Set, EntityTrait};
 use super::{AppError, migrate_up, stdout_console};
 use crate::application::sweep::BulkBalanceAlert;
 use crate::application::{AlertContext, DeliveryPolicy};
-use crate::domain::{AlertPolicy, Currency, Money};
+use crate::domain::{AlertRules, Currency, Money};
 use crate::infrastructure::audit::NoAuditLog;
 use crate::infrastructure::clock::SystemClock;
 use crate::infrastructure::db::entities::accounts;
@@ -36,6 +36,7 @@ pub async fn run_demo() -> Result<ExitCode, AppError> {
         balance_minor: Set(balance),
         alert_threshold_minor: Set(None),
         updated_at: Set(chrono::Utc::now()),
+        ..Default::default()
     });
     accounts::Entity::insert_many(rows)
         .exec(&conn)
@@ -52,10 +53,11 @@ pub async fn run_demo() -> Result<ExitCode, AppError> {
         ))],
         audit: Arc::new(NoAuditLog),
         clock: Arc::new(SystemClock),
-        policy: AlertPolicy {
+        rules: AlertRules {
             default_threshold: threshold,
             cooldown: Duration::from_secs(24 * 3600),
             claim_timeout: Duration::from_secs(300),
+            give_up_after: Duration::from_secs(24 * 3600),
         },
         delivery: DeliveryPolicy {
             max_attempts: 1,

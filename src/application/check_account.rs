@@ -1,14 +1,17 @@
 //! The single-account check (`check ACCOUNT_ID`), the reference's `BalanceAlertService`.
 
+use std::sync::Arc;
+
+use futures::stream;
 use tokio_util::sync::CancellationToken;
 
-use super::{AlertContext, dispatch, plan_requests};
-use crate::domain::ports::{LockWait, StoreError};
-use crate::domain::{AccountId, AlertId, ChannelName, Decision, Money};
+use super::{AlertContext, deliver, sweep};
+use crate::domain::ports::StoreError;
+use crate::domain::{AccountId, ChannelName, Decision, Lease, Money, Outcome};
 
 /// What the check found for the account.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum CheckReport {
     NotFound,
     /// At or above its effective threshold: nothing to do.
     AboveThreshold {
@@ -16,29 +19,23 @@ pub enum Outcome {
         threshold: Money,
     },
     /// Below its threshold: what happened on each configured channel.
-    Evaluated(Vec<(ChannelName, ChannelOutcome)>),
+    Evaluated(Vec<(ChannelName, ChannelResult)>),
 }
 
-/// What happened on one channel.
+/// What happened on one channel: a delivery's outcome, or why none was due.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChannelOutcome {
-    Sent {
-        alert_id: AlertId,
-    },
-    Failed {
-        alert_id: AlertId,
-        error: String,
-    },
-    /// An alert was sent within the cooldown.
-    InCooldown,
-    /// Another sweep is delivering it right now.
-    InFlight,
+pub enum ChannelResult {
+    Delivered(Outcome),
+    NotDue(Decision),
+    /// Claimed, but its lease ran short before an attempt could start; retried later.
+    NotAttempted,
 }
 
-impl Outcome {
+impl CheckReport {
+    /// A delivery was attempted and did not get through (exit 3).
     pub fn any_failed(&self) -> bool {
         matches!(self, Self::Evaluated(channels)
-            if channels.iter().any(|(_, o)| matches!(o, ChannelOutcome::Failed { .. })))
+            if channels.iter().any(|(_, r)| matches!(r, ChannelResult::Delivered(o) if o.error.is_some())))
     }
 }
 
@@ -51,55 +48,54 @@ impl BalanceAlert {
         Self { ctx }
     }
 
-    pub async fn execute(&self, account_id: &AccountId) -> Result<Outcome, StoreError> {
+    pub async fn execute(&self, account_id: &AccountId) -> Result<CheckReport, StoreError> {
         let ctx = &self.ctx;
         let Some(account) = ctx.store.find_account(account_id).await? else {
-            return Ok(Outcome::NotFound);
+            return Ok(CheckReport::NotFound);
         };
-        let threshold = account.effective_threshold(ctx.policy.default_threshold);
-        if !account.is_below_threshold(ctx.policy.default_threshold) {
-            return Ok(Outcome::AboveThreshold {
-                balance: account.balance,
-                threshold,
-            });
+        let above = CheckReport::AboveThreshold {
+            balance: account.balance,
+            threshold: account.effective_threshold(ctx.rules.default_threshold),
+        };
+        if !account.is_below_threshold(ctx.rules.default_threshold) {
+            return Ok(above);
         }
-        let now = ctx.clock.now();
-        let records = ctx
+        let lease = Arc::new(Lease::new(ctx.rules.claim_timeout));
+        let _renewer = deliver::spawn_renewer(ctx, lease.clone());
+        let channels = ctx.channel_names();
+        let batch = ctx
             .store
-            .open_and_recent_alerts(
-                std::slice::from_ref(account_id),
-                ctx.policy.cooldown_cutoff(now),
-            )
+            .claim_account(&lease, account_id, &channels, &ctx.rules, ctx.clock.now())
             .await?;
-        let accounts = [account];
-        let (requests, decisions) = plan_requests(ctx, &accounts, &records, now);
-        let claims = ctx
-            .store
-            .claim(&requests, &ctx.policy, now, LockWait::Wait)
-            .await?;
-        let delivered = dispatch::deliver_claims(ctx, claims, &CancellationToken::new()).await?;
-        let outcomes = ctx
-            .channel_names()
-            .map(|channel| {
-                let outcome = match delivered.iter().find(|d| &d.channel == channel) {
-                    Some(d) => match &d.outcome.result {
-                        Ok(_) => ChannelOutcome::Sent {
-                            alert_id: d.outcome.alert_id.clone(),
-                        },
-                        Err(e) => ChannelOutcome::Failed {
-                            alert_id: d.outcome.alert_id.clone(),
-                            error: e.message.clone(),
-                        },
-                    },
-                    None => match decisions.get(&(account_id.as_str(), channel.clone())) {
-                        Some(Decision::InCooldown { .. }) => ChannelOutcome::InCooldown,
-                        // Claimable before the lock but not after: someone else took it.
-                        _ => ChannelOutcome::InFlight,
-                    },
+        // Read again under the lock: it changed since the first read.
+        if batch.tally.gone > 0 {
+            return Ok(CheckReport::NotFound);
+        }
+        if batch.tally.changed > 0 {
+            return Ok(above);
+        }
+        sweep::audit_given_up(ctx, &batch.expired);
+        let claimed: Vec<ChannelName> = batch.claims.iter().map(|c| c.channel.clone()).collect();
+        let (_, outcomes) = deliver::deliver(
+            ctx,
+            lease,
+            stream::iter(batch.claims),
+            &CancellationToken::new(),
+            true,
+        )
+        .await?;
+        let results = batch
+            .decisions
+            .into_iter()
+            .map(|(_, channel, decision)| {
+                let result = match outcomes.iter().find(|o| o.channel == channel) {
+                    Some(outcome) => ChannelResult::Delivered(outcome.clone()),
+                    None if claimed.contains(&channel) => ChannelResult::NotAttempted,
+                    None => ChannelResult::NotDue(decision),
                 };
-                (channel.clone(), outcome)
+                (channel, result)
             })
             .collect();
-        Ok(Outcome::Evaluated(outcomes))
+        Ok(CheckReport::Evaluated(results))
     }
 }

@@ -1,21 +1,22 @@
-//! The bulk alert job (the *sweep*): every account below its threshold, page by page.
+//! The bulk alert job (the *sweep*): every account below its threshold, in stages —
+//! the store claims due deliveries batch by batch (reading, locking, re-reading and deciding
+//! under its lock, running ahead of the deliveries), [`deliver`] sends and records them, and
+//! the lease on every claim is renewed until its outcome is recorded.
 
-use std::collections::{HashSet, VecDeque};
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use futures::StreamExt;
-use futures::stream::BoxStream;
+use futures::stream;
 use serde::Serialize;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
 use tracing::info;
 
-use super::{AlertContext, dispatch};
-use crate::domain::ports::{CandidateQuery, ClaimRequest, LockWait, StoreError};
-use crate::domain::{Account, ChannelName, Claim};
+use super::AlertContext;
+use super::deliver::{self, DeliveryTally};
+use crate::domain::ports::{AuditEntry, ClaimBatch, StoreError, SweepClaims};
+use crate::domain::{AlertStatus, Claim, ClaimTally, Lease, Outcome};
 
 /// Why a sweep did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -27,8 +28,8 @@ pub enum SweepError {
     Abandoned(SweepSummary),
 }
 
-/// What one sweep did. `sent`/`failed` count deliveries (account x channel); the others
-/// count accounts.
+/// What one sweep did (SPEC §4). `sent`/`failed`/`retry`/`expired` count deliveries
+/// (account x channel); the others count accounts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct SweepSummary {
     /// Accounts strictly below their effective threshold when the sweep started.
@@ -36,62 +37,77 @@ pub struct SweepSummary {
     /// Accounts that got at least one delivery claimed by this sweep.
     pub eligible: u64,
     pub sent: u64,
+    /// Deliveries attempted that did not get through (`retry` + permanently `failed` +
+    /// `expired` after an attempt).
     pub failed: u64,
-    /// Below threshold but nothing to deliver now: every channel in cooldown or in flight
-    /// (possibly claimed by a concurrent sweep). `below_threshold - eligible`.
+    /// Below the threshold with nothing due: every channel in cooldown, in flight in another
+    /// sweep, or parked after a permanent failure. Skipped accounts are not counted here.
     pub in_cooldown: u64,
+    /// Due but inside quiet hours (none yet: quiet hours are not configurable yet).
+    pub deferred: u64,
     pub duration_ms: u64,
+    /// Transient failures, due again at the next sweep.
+    pub retry: u64,
+    /// Alerts given up after `delivery.give_up_after` (at an attempt or without one).
+    pub expired: u64,
+    /// Accounts left alone because they changed under the sweep: locked by another sweep,
+    /// topped up or re-thresholded, or deleted.
+    pub skipped: u64,
 }
 
 impl fmt::Display for SweepSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "sweep finished: below_threshold={} eligible={} sent={} failed={} in_cooldown={} duration_ms={}",
+            "sweep finished: below_threshold={} eligible={} sent={} failed={} in_cooldown={} \
+             deferred={} duration_ms={} retry={} expired={} skipped={}",
             self.below_threshold,
             self.eligible,
             self.sent,
             self.failed,
             self.in_cooldown,
-            self.duration_ms
+            self.deferred,
+            self.duration_ms,
+            self.retry,
+            self.expired,
+            self.skipped,
         )
     }
 }
 
-/// Reads the next page of candidates while the current one is claimed: the pages are
-/// disjoint ranges of account ids, so reading ahead cannot miss a claim. Holds one page.
-/// Reading stops after an error, or when the receiver or the returned handle is dropped.
-fn read_ahead(
-    mut pages: BoxStream<'static, Result<Vec<Account>, StoreError>>,
-) -> (
-    mpsc::Receiver<Result<Vec<Account>, StoreError>>,
-    AbortOnDropHandle<()>,
-) {
-    let (tx, rx) = mpsc::channel(1);
-    let reader = tokio::spawn(async move {
-        while let Some(page) = pages.next().await {
-            let failed = page.is_err();
-            if tx.send(page).await.is_err() || failed {
-                break;
-            }
+impl SweepSummary {
+    fn new(
+        below_threshold: u64,
+        claimed: &ClaimTally,
+        delivered: &DeliveryTally,
+        expired_unsent: u64,
+    ) -> Self {
+        let eligible = claimed.claimed;
+        let skipped = claimed.skipped();
+        Self {
+            below_threshold,
+            eligible,
+            sent: delivered.sent,
+            failed: delivered.unsuccessful(),
+            in_cooldown: below_threshold.saturating_sub(eligible + skipped),
+            deferred: 0,
+            duration_ms: 0,
+            retry: delivered.retry,
+            expired: delivered.expired + expired_unsent,
+            skipped,
         }
-    });
-    (rx, AbortOnDropHandle::new(reader))
+    }
 }
 
-/// A page being claimed.
-type ClaimTask = AbortOnDropHandle<Result<Vec<Claim>, StoreError>>;
+/// What the claim stage has seen so far.
+#[derive(Default)]
+struct Claimed {
+    tally: ClaimTally,
+    expired: u64,
+    error: Option<StoreError>,
+}
 
-/// Deliveries of one page, running while the next page is read and claimed.
-type InFlight = JoinHandle<Result<(usize, Vec<dispatch::Delivered>), StoreError>>;
-
-/// The reference's `BulkBalanceAlertService`, set-based: the database picks the candidates
-/// (below threshold, not blocked on some channel) in keyset pages of account ids; each page
-/// is claimed in one transaction, then delivered concurrently and recorded in small batches
-/// while the next pages are claimed (one at a time, or [`parallel_claims`] at once) and the
-/// one after them read. Memory holds at most `parallel_claims + 2` pages.
-///
-/// [`parallel_claims`]: crate::domain::ports::AlertStore::parallel_claims
+/// The reference's `BulkBalanceAlertService`, set-based (see the module doc).
 pub struct BulkBalanceAlert {
     ctx: AlertContext,
 }
@@ -115,135 +131,107 @@ impl BulkBalanceAlert {
     ) -> Result<SweepSummary, SweepError> {
         let started = Instant::now();
         let ctx = &self.ctx;
-        let now = ctx.clock.now();
-        let mut summary = SweepSummary {
-            below_threshold: ctx
-                .store
-                .count_below_threshold(ctx.policy.default_threshold)
-                .await?,
-            ..SweepSummary::default()
+        let below_threshold = ctx.store.count_below_threshold(&ctx.rules).await?;
+        let lease = Arc::new(Lease::new(ctx.rules.claim_timeout));
+        let _renewer = deliver::spawn_renewer(ctx, lease.clone());
+        let batches = ctx.store.claim_due(
+            SweepClaims {
+                lease: lease.clone(),
+                channels: ctx.channel_names(),
+                rules: ctx.rules.clone(),
+                page_size: ctx.delivery.batch_size,
+            },
+            ctx.clock.clone(),
+        );
+        let claimed = Arc::new(Mutex::new(Claimed::default()));
+        let claims = {
+            let (ctx, claimed) = (ctx.clone(), claimed.clone());
+            batches
+                .take_until(abandon.clone().cancelled_owned())
+                .map(move |batch| stream::iter(take_claims(&ctx, &claimed, batch)))
+                .flatten()
         };
-        let channels: Vec<_> = ctx.channels.iter().map(|c| c.name().clone()).collect();
-        let pages = ctx.store.claim_candidates(CandidateQuery {
-            default_threshold: ctx.policy.default_threshold,
-            channels: channels.clone(),
-            cooldown_cutoff: ctx.policy.cooldown_cutoff(now),
-            claim_expiry: ctx.policy.claim_expiry(now),
-            page_size: ctx.delivery.batch_size,
-        });
-        let (mut pages, _reader) = read_ahead(pages);
-        let parallel = ctx.store.parallel_claims().max(1);
-        // The claims running, oldest first: each is a task of its own, so its write
-        // transaction commits whatever this loop is waiting for.
-        let mut claiming: VecDeque<Result<ClaimTask, StoreError>> = VecDeque::new();
-        let mut more_pages = true;
-        let mut in_flight: Option<InFlight> = None;
-        let result = loop {
-            while more_pages && claiming.len() < parallel && !abandon.is_cancelled() {
-                match pages.recv().await.transpose() {
-                    Ok(Some(page)) => claiming.push_back(Ok(self.spawn_claim(page, &channels))),
-                    Ok(None) => more_pages = false,
-                    // After the pages before it are delivered.
-                    Err(e) => {
-                        more_pages = false;
-                        claiming.push_back(Err(e));
-                    }
-                }
-            }
-            let claims = match claiming.pop_front() {
-                None => break Ok(()),
-                Some(Err(e)) => break Err(SweepError::Store(e)),
-                Some(Ok(task)) => match task.await {
-                    Ok(Ok(claims)) => claims,
-                    Ok(Err(e)) => break Err(SweepError::Store(e)),
-                    Err(e) => {
-                        break Err(StoreError::Unexpected(anyhow::anyhow!(
-                            "claim task failed: {e}"
-                        ))
-                        .into());
-                    }
-                },
-            };
-            summary.eligible += claims
-                .iter()
-                .map(|c| &c.account.id)
-                .collect::<HashSet<_>>()
-                .len() as u64;
-            if let Some(previous) = in_flight.take()
-                && let Err(e) = Self::settle(previous, &mut summary).await
-            {
-                break Err(e);
-            }
-            in_flight = Some(self.deliver(claims, abandon));
-        };
-        if let Some(previous) = in_flight.take() {
-            Self::settle(previous, &mut summary).await?;
+        let (delivered, _) = deliver::deliver(ctx, lease, claims, abandon, false).await?;
+        let claimed = std::mem::take(&mut *claimed.lock().unwrap_or_else(PoisonError::into_inner));
+        if let Some(e) = claimed.error {
+            return Err(e.into());
         }
-        result?;
+        let mut summary =
+            SweepSummary::new(below_threshold, &claimed.tally, &delivered, claimed.expired);
+        summary.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         if abandon.is_cancelled() {
             return Err(SweepError::Abandoned(summary));
         }
-        summary.in_cooldown = summary.below_threshold.saturating_sub(summary.eligible);
-        summary.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if delivered.abandoned > 0 {
+            tracing::warn!(
+                abandoned = delivered.abandoned,
+                "Claims not attempted: their lease could not be renewed in time; they expire and are retried."
+            );
+        }
         info!(
             below_threshold = summary.below_threshold,
             eligible = summary.eligible,
             sent = summary.sent,
             failed = summary.failed,
             in_cooldown = summary.in_cooldown,
+            deferred = summary.deferred,
+            retry = summary.retry,
+            expired = summary.expired,
+            skipped = summary.skipped,
             duration_ms = summary.duration_ms,
             "Sweep finished."
         );
         Ok(summary)
     }
+}
 
-    /// Claims a page in a task of its own (aborted, and its transaction rolled back, if the
-    /// sweep ends before it is awaited).
-    fn spawn_claim(&self, page: Vec<Account>, channels: &[ChannelName]) -> ClaimTask {
-        let ctx = self.ctx.clone();
-        let requests: Vec<ClaimRequest> = page
-            .into_iter()
-            .map(|account| ClaimRequest {
-                account,
-                channels: channels.to_vec(),
-            })
-            .collect();
-        AbortOnDropHandle::new(tokio::spawn(async move {
-            ctx.store
-                .claim(&requests, &ctx.policy, ctx.clock.now(), LockWait::Skip)
-                .await
-        }))
+/// The claim stage's hand-off: counts the batch, audits the alerts it gave up, and passes its
+/// claims on to delivery. A failed batch is kept for the end of the sweep (the deliveries
+/// already claimed still go out) and ends the stream.
+fn take_claims(
+    ctx: &AlertContext,
+    claimed: &Mutex<Claimed>,
+    batch: Result<ClaimBatch, StoreError>,
+) -> Vec<Claim> {
+    let mut claimed = claimed.lock().unwrap_or_else(PoisonError::into_inner);
+    match batch {
+        Ok(batch) => {
+            claimed.tally.add(&batch.tally);
+            claimed.expired += batch.expired.len() as u64;
+            audit_given_up(ctx, &batch.expired);
+            batch.claims
+        }
+        Err(e) => {
+            claimed.error.get_or_insert(e);
+            Vec::new()
+        }
     }
+}
 
-    fn deliver(&self, claims: Vec<Claim>, abandon: &CancellationToken) -> InFlight {
-        let (ctx, abandon) = (self.ctx.clone(), abandon.clone());
-        tokio::spawn(async move {
-            let claimed = claims.len();
-            let delivered = dispatch::deliver_claims(&ctx, claims, &abandon).await?;
-            Ok((claimed, delivered))
+/// Audit lines for alerts the claim gave up without sending (already `expired` in the store).
+pub(super) fn audit_given_up(ctx: &AlertContext, expired: &[Claim]) {
+    if expired.is_empty() {
+        return;
+    }
+    let now = ctx.clock.now();
+    let after = humantime::format_duration(ctx.rules.give_up_after);
+    let entries: Vec<AuditEntry> = expired
+        .iter()
+        .map(|claim| {
+            let outcome = Outcome {
+                alert_id: claim.alert_id.clone(),
+                channel: claim.channel.clone(),
+                status: AlertStatus::Expired,
+                attempts: 0,
+                at: now,
+                error: Some(format!(
+                    "gave up: still failing {after} after the alert was created (delivery.give_up_after)"
+                )),
+            };
+            deliver::audit_entry(ctx, claim, &outcome, claim.account.owner_email.clone(), None)
         })
-    }
-
-    /// Waits for a page's deliveries and counts them.
-    async fn settle(in_flight: InFlight, summary: &mut SweepSummary) -> Result<(), SweepError> {
-        let (claimed, delivered) = match in_flight.await {
-            Ok(result) => result?,
-            // The task panicked: its claims stay pending, expire and are retried.
-            Err(e) => {
-                return Err(
-                    StoreError::Unexpected(anyhow::anyhow!("delivery task failed: {e}")).into(),
-                );
-            }
-        };
-        for d in &delivered {
-            match d.outcome.result {
-                Ok(_) => summary.sent += 1,
-                Err(_) => summary.failed += 1,
-            }
-        }
-        if delivered.len() < claimed {
-            return Err(SweepError::Abandoned(*summary));
-        }
-        Ok(())
+        .collect();
+    if let Err(e) = ctx.audit.record(&entries) {
+        tracing::error!(error = %e, "Cannot write the audit log; the expired alerts are recorded in alert_logs.");
     }
 }

@@ -4,13 +4,14 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use ::config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
 use super::{ChannelKind, Settings};
-use crate::domain::{AlertPolicy, Currency, Money, MoneyError};
+use crate::domain::{AlertRules, Currency, Money, MoneyError};
 
 /// The built-in defaults: the same file operators read, so the two cannot drift.
 pub const DEFAULTS: &str = include_str!("../../config/default.toml");
@@ -32,7 +33,7 @@ pub struct Sources {
 pub struct LoadedConfig {
     pub settings: Settings,
     pub currency: Currency,
-    pub policy: AlertPolicy,
+    pub rules: AlertRules,
     /// Problems that do not stop the daemon but an operator should fix (logged at start).
     pub warnings: Vec<String>,
 }
@@ -117,15 +118,17 @@ fn validate(settings: Settings) -> Result<LoadedConfig, ConfigError> {
     if settings.log.max_files == 0 {
         return Err(invalid("log.max_files", "must be at least 1"));
     }
-    let policy = AlertPolicy {
+    validate_bounds(&settings)?;
+    let rules = AlertRules {
         default_threshold,
         cooldown: settings.alert.cooldown,
         claim_timeout: settings.delivery.claim_timeout,
+        give_up_after: settings.delivery.give_up_after,
     };
     Ok(LoadedConfig {
         settings,
         currency,
-        policy,
+        rules,
         warnings: Vec::new(),
     })
 }
@@ -232,6 +235,78 @@ fn validate_delivery(settings: &Settings) -> Result<(), ConfigError> {
             "delivery.batch_size",
             "must be between 1 and 10000",
         ));
+    }
+    Ok(())
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+/// Windows of the alert rules: ten years is longer than any bank keeps an alert pending,
+/// and far inside what timestamps can compute with.
+const TEN_YEARS: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Every duration and number has an upper bound the daemon can compute with (timestamps,
+/// timers, allocations): a value beyond it is exit 2 naming the key, never a panic later.
+fn validate_bounds(settings: &Settings) -> Result<(), ConfigError> {
+    let (d, n) = (&settings.delivery, &settings.notify);
+    let durations: [(&'static str, Duration, Duration); 9] = [
+        ("alert.cooldown", settings.alert.cooldown, TEN_YEARS),
+        ("delivery.claim_timeout", d.claim_timeout, TEN_YEARS),
+        ("delivery.give_up_after", d.give_up_after, TEN_YEARS),
+        ("delivery.timeout", d.timeout, DAY),
+        (
+            "delivery.retry_initial_backoff",
+            d.retry_initial_backoff,
+            DAY,
+        ),
+        ("delivery.retry_max_backoff", d.retry_max_backoff, DAY),
+        (
+            "database.connect_timeout",
+            settings.database.connect_timeout,
+            DAY,
+        ),
+        ("database.busy_timeout", settings.database.busy_timeout, DAY),
+        ("shutdown.grace", settings.shutdown.grace, DAY),
+    ];
+    for (key, value, max) in durations {
+        if value > max {
+            return Err(invalid(
+                key,
+                format!(
+                    "{} is too long (at most {})",
+                    humantime::format_duration(value),
+                    humantime::format_duration(max)
+                ),
+            ));
+        }
+    }
+    if settings.database.connect_timeout < SECOND / 10 {
+        return Err(invalid(
+            "database.connect_timeout",
+            "must be at least 100ms",
+        ));
+    }
+    if d.give_up_after.is_zero() {
+        return Err(invalid("delivery.give_up_after", "must be longer than 0s"));
+    }
+    let numbers: [(&'static str, u64, u64); 5] = [
+        ("notify.concurrency", n.concurrency as u64, 10_000),
+        ("delivery.max_attempts", u64::from(d.max_attempts), 100),
+        (
+            "database.max_connections",
+            u64::from(settings.database.max_connections),
+            1_000,
+        ),
+        ("log.max_files", settings.log.max_files as u64, 100_000),
+        ("delivery.batch_size", u64::from(d.batch_size), 10_000),
+    ];
+    for (key, value, max) in numbers {
+        if value > max {
+            return Err(invalid(
+                key,
+                format!("{value} is too large (at most {max})"),
+            ));
+        }
     }
     Ok(())
 }

@@ -144,6 +144,8 @@ pub struct DeliverySettings {
     #[serde(with = "humantime_serde")]
     pub claim_timeout: Duration,
     #[serde(with = "humantime_serde")]
+    pub give_up_after: Duration,
+    #[serde(with = "humantime_serde")]
     pub retry_initial_backoff: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_max_backoff: Duration,

@@ -8,7 +8,7 @@ use super::money::Money;
 
 /// An account id: the text primary key of `accounts` (a UUID in text form by contract, but
 /// kept as the exact text an external writer stored so a lookup never misses).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(transparent)]
 pub struct AccountId(String);
 
@@ -30,7 +30,7 @@ impl fmt::Display for AccountId {
 
 /// One row of `accounts`. The e-mail stays raw here: a bad address is a property of one
 /// delivery (it fails, alone), not a reason the account cannot be read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Account {
     pub id: AccountId,
     pub owner_email: String,
@@ -41,6 +41,21 @@ pub struct Account {
     /// When the bank last wrote the row; `None` when the read did not fetch it (the
     /// sweep's candidate scan is index-only and does not need it).
     pub updated_at: Option<DateTime<Utc>>,
+    /// E.164 phone number, for the `sms` channel.
+    pub owner_phone: Option<String>,
+    /// The per-account settings of SPEC §3, as stored; `None` = the configured default.
+    pub settings: AccountSettings,
+}
+
+/// Per-account columns an operator or the bank may set (SPEC §3), kept as stored text: a bad
+/// value is a problem of this account's deliveries, not a reason the account cannot be read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountSettings {
+    pub currency: Option<String>,
+    pub alert_policy: Option<String>,
+    pub alert_channels: Option<String>,
+    pub timezone: Option<String>,
+    pub quiet_hours: Option<String>,
 }
 
 impl Account {
@@ -52,6 +67,13 @@ impl Account {
     /// The account's own threshold when it has one, else the configured default.
     pub fn effective_threshold(&self, default: Money) -> Money {
         self.threshold_override.unwrap_or(default)
+    }
+
+    /// The contact details an alert is addressed to. A permanently failed alert stays
+    /// parked while they are unchanged (SPEC §2): every channel today addresses the owner's
+    /// e-mail (console and e-mail send to it, Slack and webhook carry it).
+    pub fn contact(&self) -> &str {
+        &self.owner_email
     }
 
     /// Strictly below: a balance equal to the threshold raises no alert.
@@ -79,7 +101,7 @@ mod tests {
             owner_name: None,
             balance: Money::from_minor(balance),
             threshold_override: threshold.map(Money::from_minor),
-            updated_at: None,
+            ..Account::default()
         }
     }
 

@@ -60,13 +60,19 @@ impl fmt::Display for ChannelName {
     }
 }
 
-/// Where an alert stands. `pending` is a claim: written before the send, so a crash can
-/// never lose a delivery, only leave a claim that expires and is retried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where an alert stands (SPEC §3). `pending` is a claim: written before the send, so a
+/// crash can never lose a delivery, only leave a claim that expires and is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AlertStatus {
+    /// Claimed, in flight; owned by the lease holder in `claimed_by`.
     Pending,
     Sent,
+    /// A transient failure: due again at the next sweep, under the same id.
+    Retry,
+    /// A permanent failure: parked until the account's contact details change.
     Failed,
+    /// Transient failures went on past `delivery.give_up_after`: given up.
+    Expired,
 }
 
 impl AlertStatus {
@@ -74,17 +80,27 @@ impl AlertStatus {
         match self {
             Self::Pending => "pending",
             Self::Sent => "sent",
+            Self::Retry => "retry",
             Self::Failed => "failed",
+            Self::Expired => "expired",
         }
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "pending" => Some(Self::Pending),
-            "sent" => Some(Self::Sent),
-            "failed" => Some(Self::Failed),
-            _ => None,
-        }
+        [
+            Self::Pending,
+            Self::Sent,
+            Self::Retry,
+            Self::Failed,
+            Self::Expired,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+
+    /// Open alerts hold their account and channel: at most one per pair (a unique index).
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::Pending | Self::Retry | Self::Failed)
     }
 }
 
@@ -97,8 +113,12 @@ pub struct AlertRecord {
     pub status: AlertStatus,
     pub attempts: u32,
     pub created_at: DateTime<Utc>,
+    /// When the current claim was taken or last renewed; for an `expired` alert, when it
+    /// was given up.
     pub claimed_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
+    /// The contact details the alert was addressed to (see [`Account::contact`]).
+    pub contact: Option<String>,
 }
 
 /// Stored alerts grouped by account: what the claim rules decide on, per channel.
@@ -132,15 +152,59 @@ impl<'a> AlertsByPair<'a> {
     }
 }
 
-/// The tunable alert rules (SIGHUP may replace them between sweeps).
+/// The tunable alert rules (SIGHUP may replace them between sweeps). Every duration is
+/// bounded by the configuration (`config::load`); the arithmetic here saturates anyway.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AlertPolicy {
+pub struct AlertRules {
     /// Applies to accounts without their own threshold.
     pub default_threshold: Money,
     /// After a sent alert, no new alert for that account and channel within this window.
     pub cooldown: Duration,
-    /// A `pending` claim older than this is considered abandoned (its sender crashed).
+    /// A claim not renewed for this long was abandoned by its holder (a crash).
     pub claim_timeout: Duration,
+    /// Transient failures are retried by later sweeps until the alert is this old.
+    pub give_up_after: Duration,
+}
+
+/// The instants the rules compare stored timestamps with, at one moment. The candidate
+/// query (SQL) and [`Cutoffs::decide`] use the same values, so they cannot disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cutoffs {
+    pub now: DateTime<Utc>,
+    /// Alerts sent (or given up) at or after this block a new one.
+    pub cooldown_since: DateTime<Utc>,
+    /// `pending` claims renewed after this are live; older ones were abandoned.
+    pub live_since: DateTime<Utc>,
+    /// Alerts created before this are not retried after a transient failure: expired.
+    pub give_up_before: DateTime<Utc>,
+}
+
+impl AlertRules {
+    pub fn cutoffs(&self, now: DateTime<Utc>) -> Cutoffs {
+        Cutoffs {
+            now,
+            cooldown_since: before(now, self.cooldown),
+            live_since: before(now, self.claim_timeout),
+            give_up_before: before(now, self.give_up_after),
+        }
+    }
+}
+
+/// `now - duration`, saturating at the earliest representable instant: a window longer
+/// than recorded time simply covers everything.
+pub fn before(now: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(duration)
+        .ok()
+        .and_then(|delta| now.checked_sub_signed(delta))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// `at + duration`, saturating at the latest representable instant.
+pub fn after(at: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(duration)
+        .ok()
+        .and_then(|delta| at.checked_add_signed(delta))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// What may happen for one account on one channel right now.
@@ -148,70 +212,99 @@ pub struct AlertPolicy {
 pub enum Decision {
     /// No alert in this window yet: create one with a new id.
     New,
-    /// An earlier alert failed or its claim was abandoned: send it again under its id.
-    Retry { alert_id: AlertId, attempts: u32 },
-    /// An alert was sent within the cooldown.
-    InCooldown { sent_at: DateTime<Utc> },
+    /// A transient failure, an abandoned claim, or a permanent failure whose contact details
+    /// have since changed: send it again under its id.
+    Retry {
+        alert_id: AlertId,
+        attempts: u32,
+        created_at: DateTime<Utc>,
+    },
+    /// Due for a retry but older than `give_up_after`: record it `expired`, send nothing.
+    Expire {
+        alert_id: AlertId,
+        attempts: u32,
+        created_at: DateTime<Utc>,
+    },
+    /// An alert was sent (or given up) within the cooldown.
+    InCooldown { since: DateTime<Utc> },
     /// Another sweep holds a live claim and is delivering it now.
     InFlight { claimed_at: DateTime<Utc> },
+    /// It failed permanently on these very contact details: parked until they change.
+    Parked { alert_id: AlertId },
 }
 
 impl Decision {
+    /// A delivery is to be claimed (and then sent).
     pub fn is_claimable(&self) -> bool {
         matches!(self, Self::New | Self::Retry { .. })
     }
 }
 
-impl AlertPolicy {
-    /// Alerts sent at or after this instant block a new one.
-    pub fn cooldown_cutoff(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        now - to_delta(self.cooldown)
-    }
-
-    /// `pending` claims taken after this instant are live; older ones were abandoned.
-    pub fn claim_expiry(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        now - to_delta(self.claim_timeout)
-    }
-
-    /// Decides for one account and channel from that pair's stored alerts (the unresolved
-    /// one, if any, and those sent since [`Self::cooldown_cutoff`]; older ones are ignored).
+impl Cutoffs {
+    /// Decides for one account and channel from that pair's stored alerts (the open one, if
+    /// any, and those sent or expired since [`Self::cooldown_since`]; older ones are ignored).
+    /// `contact` is the account's contact details as read now.
     pub fn decide<'a>(
         &self,
-        now: DateTime<Utc>,
+        contact: &str,
         records: impl IntoIterator<Item = &'a AlertRecord>,
     ) -> Decision {
-        let cutoff = self.cooldown_cutoff(now);
-        let claim_expiry = self.claim_expiry(now);
-        let mut unresolved = None;
+        let mut open = None;
         for record in records {
-            if let Some(sent_at) = record.sent_at.filter(|sent| *sent >= cutoff) {
-                return Decision::InCooldown { sent_at };
+            if let Some(sent_at) = record.sent_at.filter(|at| *at >= self.cooldown_since) {
+                return Decision::InCooldown { since: sent_at };
             }
-            if record.status != AlertStatus::Sent {
-                unresolved = Some(record);
+            // Given up: no new alert for a cooldown after that (its `claimed_at` is when).
+            if record.status == AlertStatus::Expired && record.claimed_at >= self.cooldown_since {
+                return Decision::InCooldown {
+                    since: record.claimed_at,
+                };
+            }
+            if record.status.is_open() {
+                open = Some(record);
             }
         }
-        match unresolved {
-            None => Decision::New,
-            Some(r) if r.status == AlertStatus::Pending && r.claimed_at > claim_expiry => {
-                Decision::InFlight {
-                    claimed_at: r.claimed_at,
-                }
-            }
-            Some(r) => Decision::Retry {
+        let Some(r) = open else {
+            return Decision::New;
+        };
+        match r.status {
+            AlertStatus::Pending if r.claimed_at > self.live_since => Decision::InFlight {
+                claimed_at: r.claimed_at,
+            },
+            AlertStatus::Failed if r.contact.as_deref() == Some(contact) => Decision::Parked {
+                alert_id: r.id.clone(),
+            },
+            // The bank fixed the address: try again under the same id, however old.
+            AlertStatus::Failed => Decision::Retry {
                 alert_id: r.id.clone(),
                 attempts: r.attempts,
+                created_at: r.created_at,
+            },
+            _ if r.created_at < self.give_up_before => Decision::Expire {
+                alert_id: r.id.clone(),
+                attempts: r.attempts,
+                created_at: r.created_at,
+            },
+            _ => Decision::Retry {
+                alert_id: r.id.clone(),
+                attempts: r.attempts,
+                created_at: r.created_at,
             },
         }
     }
+
+    /// What the outcome of a transient failure is: `retry`, or `expired` once the alert is
+    /// older than `give_up_after`.
+    pub fn after_transient_failure(&self, created_at: DateTime<Utc>) -> AlertStatus {
+        if created_at < self.give_up_before {
+            AlertStatus::Expired
+        } else {
+            AlertStatus::Retry
+        }
+    }
 }
 
-/// Saturating: a configured duration beyond chrono's range (~292 million years) means "forever".
-fn to_delta(duration: Duration) -> TimeDelta {
-    TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX)
-}
-
-/// A delivery this process now owns: the alert row is `pending` with a fresh claim.
+/// A delivery this process now owns: the alert row is `pending`, held by its lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
     pub alert_id: AlertId,
@@ -286,13 +379,20 @@ impl DeliveryError {
     }
 }
 
-/// The result of delivering one claim, to be recorded in `alert_logs`.
+/// What became of an alert in this run: its new status in `alert_logs` (`sent`, `retry`,
+/// `failed` or `expired`), one audit line, one count in the summary. The one outcome type of
+/// the code base: deliveries produce it, the store records it, reports count it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeliveryOutcome {
+pub struct Outcome {
     pub alert_id: AlertId,
-    /// Attempts made by this sweep.
+    pub channel: ChannelName,
+    pub status: AlertStatus,
+    /// Attempts made in this run (0 for an alert given up without sending).
     pub attempts: u32,
-    pub result: Result<DateTime<Utc>, DeliveryError>,
+    /// When it happened: for `sent`, the delivery time.
+    pub at: DateTime<Utc>,
+    /// Why it failed (`retry`, `failed`, `expired`).
+    pub error: Option<String>,
 }
 
 #[cfg(test)]
@@ -300,17 +400,15 @@ mod tests {
     use super::*;
 
     const HOUR: Duration = Duration::from_secs(3600);
+    const CONTACT: &str = "a@example.com";
 
-    fn policy() -> AlertPolicy {
-        AlertPolicy {
+    fn rules() -> AlertRules {
+        AlertRules {
             default_threshold: Money::from_minor(5000),
             cooldown: 24 * HOUR,
             claim_timeout: Duration::from_secs(300),
+            give_up_after: 24 * HOUR,
         }
-    }
-
-    fn at(hours_ago: i64) -> DateTime<Utc> {
-        now() - TimeDelta::hours(hours_ago)
     }
 
     fn now() -> DateTime<Utc> {
@@ -319,77 +417,103 @@ mod tests {
             .with_timezone(&Utc)
     }
 
-    fn record(status: AlertStatus, claimed_at: DateTime<Utc>) -> AlertRecord {
+    fn ago(minutes: i64) -> DateTime<Utc> {
+        now() - TimeDelta::minutes(minutes)
+    }
+
+    fn record(status: AlertStatus, at: DateTime<Utc>) -> AlertRecord {
         AlertRecord {
             id: AlertId::from_stored("a1"),
             account_id: AccountId::new("acc"),
             channel: ChannelName::new("console"),
             status,
             attempts: 1,
-            created_at: claimed_at,
-            claimed_at,
-            sent_at: (status == AlertStatus::Sent).then_some(claimed_at),
+            created_at: at,
+            claimed_at: at,
+            sent_at: (status == AlertStatus::Sent).then_some(at),
+            contact: Some(CONTACT.into()),
         }
+    }
+
+    fn decide(records: &[AlertRecord]) -> Decision {
+        rules().cutoffs(now()).decide(CONTACT, records)
     }
 
     #[test]
     fn no_alert_yet_means_a_new_one() {
-        assert_eq!(policy().decide(now(), []), Decision::New);
+        assert_eq!(decide(&[]), Decision::New);
     }
 
     #[test]
-    fn an_alert_sent_within_the_cooldown_blocks() {
-        let sent = record(AlertStatus::Sent, at(23));
-        assert!(matches!(
-            policy().decide(now(), [&sent]),
-            Decision::InCooldown { .. }
-        ));
-        let exactly = record(AlertStatus::Sent, at(24));
-        assert!(matches!(
-            policy().decide(now(), [&exactly]),
-            Decision::InCooldown { .. }
-        ));
+    fn an_alert_sent_within_the_cooldown_blocks_and_one_before_it_does_not() {
+        for minutes in [23 * 60, 24 * 60] {
+            let sent = record(AlertStatus::Sent, ago(minutes));
+            assert!(matches!(decide(&[sent]), Decision::InCooldown { .. }));
+        }
+        let old = record(AlertStatus::Sent, ago(25 * 60));
+        assert_eq!(decide(&[old]), Decision::New);
     }
 
     #[test]
-    fn an_alert_sent_before_the_cooldown_does_not_block() {
-        let old = record(AlertStatus::Sent, at(25));
-        assert_eq!(policy().decide(now(), [&old]), Decision::New);
-    }
-
-    #[test]
-    fn a_failed_alert_is_retried_under_its_id() {
-        let failed = record(AlertStatus::Failed, at(1));
-        assert_eq!(
-            policy().decide(now(), [&failed]),
-            Decision::Retry {
-                alert_id: AlertId::from_stored("a1"),
-                attempts: 1
-            }
+    fn a_transient_failure_is_retried_under_its_id_until_it_is_given_up() {
+        let retry = record(AlertStatus::Retry, ago(60));
+        assert!(
+            matches!(decide(&[retry]), Decision::Retry { alert_id, .. } if alert_id.as_str() == "a1")
         );
+        let too_old = record(AlertStatus::Retry, ago(24 * 60 + 1));
+        assert!(matches!(decide(&[too_old]), Decision::Expire { .. }));
+    }
+
+    #[test]
+    fn an_expired_alert_blocks_for_the_cooldown_from_when_it_was_given_up() {
+        let expired = record(AlertStatus::Expired, ago(60));
+        assert!(matches!(decide(&[expired]), Decision::InCooldown { .. }));
+        let long_ago = record(AlertStatus::Expired, ago(25 * 60));
+        assert_eq!(decide(&[long_ago]), Decision::New);
+    }
+
+    #[test]
+    fn a_permanent_failure_is_parked_until_the_contact_details_change() {
+        let failed = record(AlertStatus::Failed, ago(7 * 24 * 60));
+        assert!(matches!(
+            decide(std::slice::from_ref(&failed)),
+            Decision::Parked { .. }
+        ));
+        let fixed = rules()
+            .cutoffs(now())
+            .decide("fixed@example.com", [&failed]);
+        assert!(matches!(fixed, Decision::Retry { alert_id, .. } if alert_id.as_str() == "a1"));
     }
 
     #[test]
     fn a_live_claim_blocks_and_an_abandoned_one_is_retried() {
-        let live = record(AlertStatus::Pending, now() - TimeDelta::minutes(4));
+        let live = record(AlertStatus::Pending, ago(4));
+        assert!(matches!(decide(&[live]), Decision::InFlight { .. }));
+        let abandoned = record(AlertStatus::Pending, ago(5));
+        assert!(matches!(decide(&[abandoned]), Decision::Retry { .. }));
+    }
+
+    #[test]
+    fn cooldown_wins_over_an_open_alert() {
+        let sent = record(AlertStatus::Sent, ago(120));
+        let retry = record(AlertStatus::Retry, ago(60));
         assert!(matches!(
-            policy().decide(now(), [&live]),
-            Decision::InFlight { .. }
-        ));
-        let abandoned = record(AlertStatus::Pending, now() - TimeDelta::minutes(5));
-        assert!(matches!(
-            policy().decide(now(), [&abandoned]),
-            Decision::Retry { .. }
+            decide(&[retry, sent]),
+            Decision::InCooldown { .. }
         ));
     }
 
     #[test]
-    fn cooldown_wins_over_an_unresolved_alert() {
-        let sent = record(AlertStatus::Sent, at(2));
-        let failed = record(AlertStatus::Failed, at(1));
-        assert!(matches!(
-            policy().decide(now(), [&failed, &sent]),
-            Decision::InCooldown { .. }
-        ));
+    fn cutoffs_saturate_instead_of_overflowing() {
+        let forever = AlertRules {
+            cooldown: Duration::MAX,
+            claim_timeout: Duration::from_secs(u64::MAX / 2),
+            give_up_after: Duration::from_secs(300_000 * 365 * 86_400),
+            ..rules()
+        };
+        let cutoffs = forever.cutoffs(now());
+        assert_eq!(cutoffs.cooldown_since, DateTime::<Utc>::MIN_UTC);
+        assert_eq!(cutoffs.give_up_before, DateTime::<Utc>::MIN_UTC);
+        assert_eq!(after(now(), Duration::MAX), DateTime::<Utc>::MAX_UTC);
     }
 }

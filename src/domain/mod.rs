@@ -3,14 +3,18 @@
 
 pub mod account;
 pub mod alert;
+pub mod claiming;
 pub mod email;
+pub mod lease;
 pub mod money;
 pub mod ports;
 
-pub use account::{Account, AccountId};
+pub use account::{Account, AccountId, AccountSettings};
 pub use alert::{
-    AlertId, AlertMessage, AlertPolicy, AlertRecord, AlertStatus, AlertsByPair, ChannelName, Claim,
-    Decision, DeliveryError, DeliveryOutcome, FailureKind,
+    AlertId, AlertMessage, AlertRecord, AlertRules, AlertStatus, AlertsByPair, ChannelName, Claim,
+    Cutoffs, Decision, DeliveryError, FailureKind, Outcome,
 };
+pub use claiming::{ClaimPlan, ClaimTally, plan_claims};
 pub use email::{EmailAddress, InvalidEmail};
+pub use lease::{Lease, LeaseHolder};
 pub use money::{Currency, CurrencyError, Money, MoneyError};

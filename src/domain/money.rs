@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 /// An amount of money in the currency's minor units (cents for USD). May be negative.
 ///
 /// There is deliberately no conversion from or to floating point.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Money {
     minor: i64,
 }

@@ -6,12 +6,14 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use serde::Serialize;
 
+use std::sync::Arc;
+
 use super::account::{Account, AccountId};
 use super::alert::{
-    AlertId, AlertMessage, AlertPolicy, AlertRecord, ChannelName, Claim, DeliveryError,
-    DeliveryOutcome,
+    AlertId, AlertMessage, AlertRules, ChannelName, Claim, Decision, DeliveryError, Outcome,
 };
-use super::money::Money;
+use super::claiming::ClaimTally;
+use super::lease::{Lease, LeaseHolder};
 
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -27,33 +29,28 @@ pub enum StoreError {
     Unexpected(#[from] anyhow::Error),
 }
 
-/// How a claim treats accounts that another transaction has locked right now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LockWait {
-    /// Skip them: a concurrent sweep is claiming them (sweeps share the work this way).
-    Skip,
-    /// Wait for the lock (a single-account check).
-    Wait,
-}
-
-/// The channels a caller wants to claim for one account, as the caller read it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClaimRequest {
-    pub account: Account,
+/// What a sweep asks the store to claim.
+#[derive(Debug, Clone)]
+pub struct SweepClaims {
+    /// Every claim is taken under this lease (its holder is stored with it) and added to it.
+    pub lease: Arc<Lease>,
     pub channels: Vec<ChannelName>,
-}
-
-/// What a sweep asks the store for: accounts below their threshold that are not blocked
-/// (sent within the cooldown, or claimed and still live) on at least one channel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CandidateQuery {
-    pub default_threshold: Money,
-    pub channels: Vec<ChannelName>,
-    /// Alerts sent at or after this block.
-    pub cooldown_cutoff: DateTime<Utc>,
-    /// `pending` claims taken after this are live and block.
-    pub claim_expiry: DateTime<Utc>,
+    pub rules: AlertRules,
+    /// Accounts per claim transaction.
     pub page_size: u32,
+}
+
+/// What one claim transaction took, and what it found.
+#[derive(Debug, Default)]
+pub struct ClaimBatch {
+    /// Deliveries now held by the caller's lease, with the accounts as read under the lock.
+    pub claims: Vec<Claim>,
+    /// Alerts the claim gave up (retried past `give_up_after`): already recorded `expired`,
+    /// still to be audited.
+    pub expired: Vec<Claim>,
+    pub tally: ClaimTally,
+    /// Per account and channel, what was decided (filled by [`AlertStore::claim_account`]).
+    pub decisions: Vec<(AccountId, ChannelName, Decision)>,
 }
 
 /// Accounts and their alert log.
@@ -63,63 +60,46 @@ pub trait AlertStore: Send + Sync {
     /// be reached.
     async fn find_account(&self, id: &AccountId) -> Result<Option<Account>, StoreError>;
 
-    /// How many accounts are strictly below their effective threshold (their own, else
-    /// `default_threshold`).
-    async fn count_below_threshold(&self, default_threshold: Money) -> Result<u64, StoreError>;
+    /// How many accounts are strictly below their effective threshold.
+    async fn count_below_threshold(&self, rules: &AlertRules) -> Result<u64, StoreError>;
 
-    /// The sweep's candidates: every account strictly below its effective threshold that is
-    /// not blocked on at least one of the query's channels, in pages of at most `page_size`,
-    /// each account at most once, never more than one page in memory. A read without locks:
-    /// [`Self::claim`] decides again. A failed page read MUST end the stream with that error.
-    fn claim_candidates(
+    /// Claims every delivery due now, batch after batch: accounts below their threshold are
+    /// locked (those another claimer holds are skipped), read again under the lock, decided
+    /// with [`plan_claims`](super::claiming::plan_claims) on that fresh read, and their claims
+    /// written and committed under `request.lease` (and added to it) before the batch is
+    /// yielded. Claiming runs ahead of the consumer by a few batches; dropping the stream
+    /// stops it. Two callers — in this process or another — MUST never both hold a claim for
+    /// the same account and channel. A failed read or write MUST end the stream with it.
+    fn claim_due(
         &self,
-        query: CandidateQuery,
-    ) -> BoxStream<'static, Result<Vec<Account>, StoreError>>;
+        request: SweepClaims,
+        clock: Arc<dyn Clock>,
+    ) -> BoxStream<'static, Result<ClaimBatch, StoreError>>;
 
-    /// The alerts of these accounts that can block or be retried: every unresolved one
-    /// (`pending`/`failed`) and every one sent at or after `sent_since`. Read without locks.
-    async fn open_and_recent_alerts(
+    /// The same for one account, waiting for its lock; fills [`ClaimBatch::decisions`].
+    async fn claim_account(
         &self,
-        accounts: &[AccountId],
-        sent_since: DateTime<Utc>,
-    ) -> Result<Vec<AlertRecord>, StoreError>;
-
-    /// Atomically claims deliveries: locks the accounts, re-reads their alerts after the lock
-    /// is held, decides again under `policy` (with the accounts as the caller read them), writes `pending` rows (new ids for
-    /// [`Decision::New`](super::Decision::New), the old id for a retry) and commits. Two
-    /// callers — in this process or another — MUST never both receive a claim for the same
-    /// account and channel while one is live. Returns only the claims this caller now owns.
-    async fn claim(
-        &self,
-        requests: &[ClaimRequest],
-        policy: &AlertPolicy,
+        lease: &Lease,
+        account: &AccountId,
+        channels: &[ChannelName],
+        rules: &AlertRules,
         now: DateTime<Utc>,
-        lock: LockWait,
-    ) -> Result<Vec<Claim>, StoreError>;
+    ) -> Result<ClaimBatch, StoreError>;
 
-    /// How many [`Self::claim`] transactions of one sweep are worth running at once: 1 where
-    /// the database has a single writer (a second would only queue behind the first, and
-    /// the outcomes being recorded behind both), more on a database server.
-    fn parallel_claims(&self) -> usize {
-        1
-    }
+    /// Renews the lease on these claims (`claimed_at = now`) where `lease` still holds them
+    /// and they are still `pending`; returns those it renewed.
+    async fn renew(
+        &self,
+        lease: &LeaseHolder,
+        alerts: &[AlertId],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<AlertId>, StoreError>;
 
-    /// Where the outcomes of one run of deliveries are recorded, batch after batch.
-    fn outcome_recorder(&self) -> Box<dyn OutcomeRecorder>;
-}
-
-/// Records delivery outcomes batch after batch. It may keep its database connection from
-/// one batch to the next (checking a connection out of the pool and back for every batch
-/// costs a round trip each time); [`Self::release`] gives it back while no batch is coming,
-/// and so does dropping the recorder.
-#[async_trait]
-pub trait OutcomeRecorder: Send {
-    /// Marks delivered alerts `sent` (at the outcome's time) and failed ones `failed` with
-    /// their error; adds the attempts. A row already `sent` MUST stay `sent`.
-    async fn record(&mut self, outcomes: &[DeliveryOutcome]) -> Result<(), StoreError>;
-
-    /// Gives back the connection kept between batches, if any.
-    fn release(&mut self);
+    /// Records outcomes of claims `lease` holds. Fenced: a claim another holder has taken
+    /// over, or one no longer `pending`, MUST be left as it is. Returns how many were
+    /// recorded. Implementations may keep a connection between calls (a sweep records
+    /// thousands of small batches).
+    async fn record(&self, lease: &LeaseHolder, outcomes: &[Outcome]) -> Result<u64, StoreError>;
 }
 
 /// A way to tell an account owner (or the bank's staff) about a low balance.
@@ -150,6 +130,8 @@ pub trait Clock: Send + Sync {
 pub enum AuditEvent {
     AlertSent,
     AlertFailed,
+    AlertRetry,
+    AlertExpired,
 }
 
 /// One line of `audit.log` (SPEC §7): one delivery outcome. Money is in decimal strings.
@@ -163,6 +145,7 @@ pub struct AuditEntry {
     pub recipient: String,
     pub threshold: String,
     pub balance: String,
+    pub currency: String,
     /// Attempts made for this alert so far, across sweeps.
     pub attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -3,4 +3,5 @@
 pub mod audit;
 pub mod clock;
 pub mod db;
+pub mod memory;
 pub mod notify;

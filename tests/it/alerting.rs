@@ -4,9 +4,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use balance_alertd::application::check_account::{ChannelOutcome, Outcome};
-use balance_alertd::domain::ports::{AlertStore, ClaimRequest, LockWait};
-use balance_alertd::domain::{AccountId, ChannelName, Currency, Money};
+use balance_alertd::application::check_account::{ChannelResult, CheckReport};
+use balance_alertd::domain::ports::AlertStore;
+use balance_alertd::domain::{
+    AccountId, AlertStatus, ChannelName, Currency, Decision, Lease, Money,
+};
 use balance_alertd::infrastructure::notify::ConsoleChannel;
 use chrono::{TimeDelta, Utc};
 
@@ -22,7 +24,7 @@ on_both_backends!(
     negative_and_extreme_balances_are_alerted_exactly,
     per_account_threshold_overrides_the_default,
     cooldown_is_per_channel,
-    failed_delivery_leaves_the_account_eligible_and_keeps_its_alert_id,
+    a_permanent_failure_is_parked_until_the_address_changes_then_keeps_its_id,
     invalid_email_row_does_not_stop_the_sweep,
     abandoned_claim_expires_and_is_retried_under_the_same_id,
     external_insert_without_updated_at_reads_back_correctly,
@@ -45,12 +47,14 @@ async fn sends_an_alert_when_the_balance_is_below_the_threshold(backend: Backend
     // Act
     let outcome = app.check(&id).await;
     // Assert
-    let Outcome::Evaluated(channels) = outcome else {
+    let CheckReport::Evaluated(channels) = outcome else {
         panic!("expected an evaluation, got {outcome:?}")
     };
-    let [(channel, ChannelOutcome::Sent { alert_id })] = channels.as_slice() else {
+    let [(channel, ChannelResult::Delivered(sent))] = channels.as_slice() else {
         panic!("expected one sent alert, got {channels:?}")
     };
+    let alert_id = &sent.alert_id;
+    assert_eq!(sent.status, AlertStatus::Sent);
     assert_eq!(channel.as_str(), "console");
     assert_eq!(
         app.console.lines(),
@@ -87,7 +91,7 @@ async fn sends_no_alert_at_or_above_the_threshold(backend: Backend) {
     for id in [&at, &above] {
         assert!(matches!(
             app.check(id).await,
-            Outcome::AboveThreshold { .. }
+            CheckReport::AboveThreshold { .. }
         ));
         assert!(app.alert_rows(id).await.is_empty());
     }
@@ -105,16 +109,18 @@ async fn cooldown_blocks_the_second_alert_until_it_has_passed(backend: Backend) 
         .await;
     let first = sent_alert_id(app.check(&id).await);
 
-    assert_eq!(
+    assert!(matches!(
         only_outcome(app.check(&id).await),
-        ChannelOutcome::InCooldown
-    );
+        ChannelResult::NotDue(Decision::InCooldown { .. })
+    ));
     app.clock.advance(23 * HOUR);
     assert_eq!(app.sweep().await.in_cooldown, 1);
     app.clock.advance(HOUR - Duration::from_secs(1));
-    assert_eq!(
-        only_outcome(app.check(&id).await),
-        ChannelOutcome::InCooldown,
+    assert!(
+        matches!(
+            only_outcome(app.check(&id).await),
+            ChannelResult::NotDue(Decision::InCooldown { .. })
+        ),
         "at 23:59:59"
     );
     assert_eq!(app.console.count_for("bob@example.com"), 1);
@@ -132,7 +138,7 @@ async fn unknown_account_is_a_no_op(backend: Backend) {
     app.insert_account(NewAccount::new("someone@example.com", 1))
         .await;
     let unknown = AccountId::new(uuid::Uuid::new_v4().to_string());
-    assert_eq!(app.check(&unknown).await, Outcome::NotFound);
+    assert_eq!(app.check(&unknown).await, CheckReport::NotFound);
     assert!(app.console.lines().is_empty());
 }
 
@@ -141,7 +147,7 @@ async fn one_cent_below_the_threshold_is_eligible_and_equal_is_not(backend: Back
         return;
     };
     let threshold = Currency::usd().parse_amount("50.00").unwrap();
-    assert_eq!(threshold, app.policy.default_threshold);
+    assert_eq!(threshold, app.rules.default_threshold);
     app.insert_account(NewAccount::new("below@example.com", 4_999))
         .await;
     app.insert_account(NewAccount::new("equal@example.com", 5_000))
@@ -259,8 +265,10 @@ async fn cooldown_is_per_channel(backend: Backend) {
     assert_eq!(app.console.count_for("console-too@example.com"), 0);
 }
 
-async fn failed_delivery_leaves_the_account_eligible_and_keeps_its_alert_id(backend: Backend) {
-    let Some(app) = TestApp::spawn(backend).await else {
+async fn a_permanent_failure_is_parked_until_the_address_changes_then_keeps_its_id(
+    backend: Backend,
+) {
+    let Some(mut app) = TestApp::spawn(backend).await else {
         return;
     };
     let id = app
@@ -286,7 +294,17 @@ async fn failed_delivery_leaves_the_account_eligible_and_keeps_its_alert_id(back
         rows[0].last_error
     );
 
-    assert_eq!(app.sweep().await.failed, 1, "a failure starts no cooldown");
+    for _ in 0..3 {
+        app.clock.advance(Duration::from_secs(3600));
+        let again = app.sweep().await;
+        assert_eq!(
+            (again.eligible, again.sent, again.failed),
+            (0, 0, 0),
+            "a permanent failure is parked, not attempted again on the same address"
+        );
+    }
+    let rows = app.alert_rows(&id).await;
+    assert_eq!((rows[0].status.as_str(), rows[0].attempts), ("failed", 1));
     app.exec(
         "UPDATE accounts SET owner_email = 'fixed@example.com' WHERE id = $1",
         vec![id.as_str().into()],
@@ -303,7 +321,7 @@ async fn failed_delivery_leaves_the_account_eligible_and_keeps_its_alert_id(back
             rows[0].status.as_str(),
             rows[0].attempts
         ),
-        (alert_id.as_str(), "sent", 3)
+        (alert_id.as_str(), "sent", 2)
     );
     assert_eq!(rows[0].last_error, None);
     assert_eq!(app.console.count_for("fixed@example.com"), 1);
@@ -311,6 +329,16 @@ async fn failed_delivery_leaves_the_account_eligible_and_keeps_its_alert_id(back
         app.sweep().await.in_cooldown,
         1,
         "sent now starts the cooldown"
+    );
+    let events: Vec<_> = app
+        .finish_audit()
+        .iter()
+        .map(|line| line["event"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        events,
+        ["alert_failed", "alert_sent"],
+        "the parked sweeps wrote nothing"
     );
 }
 
@@ -353,18 +381,20 @@ async fn abandoned_claim_expires_and_is_retried_under_the_same_id(backend: Backe
         .insert_account(NewAccount::new("crash@example.com", 100))
         .await;
     // A sweep claims the delivery and crashes before sending.
-    let account = app.store.find_account(&id).await.unwrap().unwrap();
-    let request = ClaimRequest {
-        account,
-        channels: vec![ChannelName::new("console")],
-    };
-    let claims = app
+    let crashed = Lease::new(app.rules.claim_timeout);
+    let batch = app
         .store
-        .claim(&[request], &app.policy, app.clock_now(), LockWait::Skip)
+        .claim_account(
+            &crashed,
+            &id,
+            &[ChannelName::new("console")],
+            &app.rules,
+            app.clock_now(),
+        )
         .await
         .unwrap();
-    let [claim] = claims.as_slice() else {
-        panic!("expected one claim, got {claims:?}")
+    let [claim] = batch.claims.as_slice() else {
+        panic!("expected one claim, got {batch:?}")
     };
 
     app.clock.advance(Duration::from_secs(299));
@@ -518,16 +548,16 @@ async fn audit_log_has_one_complete_line_per_delivery_outcome(backend: Backend) 
     assert!(failed["error"].as_str().unwrap().contains("owner_email"));
 }
 
-fn sent_alert_id(outcome: Outcome) -> String {
+fn sent_alert_id(outcome: CheckReport) -> String {
     match only_outcome(outcome) {
-        ChannelOutcome::Sent { alert_id } => alert_id.to_string(),
+        ChannelResult::Delivered(o) if o.status == AlertStatus::Sent => o.alert_id.to_string(),
         other => panic!("expected sent, got {other:?}"),
     }
 }
 
-fn only_outcome(outcome: Outcome) -> ChannelOutcome {
+fn only_outcome(outcome: CheckReport) -> ChannelResult {
     match outcome {
-        Outcome::Evaluated(mut channels) if channels.len() == 1 => channels.remove(0).1,
+        CheckReport::Evaluated(mut channels) if channels.len() == 1 => channels.remove(0).1,
         other => panic!("expected one channel outcome, got {other:?}"),
     }
 }

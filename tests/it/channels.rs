@@ -299,7 +299,7 @@ async fn a_hanging_receiver_times_out_as_a_transient_failure() {
     let row = &app.alert_rows(&id).await[0];
     assert_eq!(
         (row.status.as_str(), row.attempts),
-        ("failed", 2),
+        ("retry", 2),
         "transient: retried"
     );
     assert!(
@@ -444,7 +444,7 @@ async fn smtp_down_is_a_transient_failure_and_the_next_sweep_delivers_once() {
     let row = &app.alert_rows(&id).await[0];
     assert_eq!(
         (row.status.as_str(), row.attempts),
-        ("failed", 3),
+        ("retry", 3),
         "transient: all attempts used"
     );
     let alert_id = row.id.clone();

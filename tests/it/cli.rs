@@ -91,7 +91,7 @@ async fn sweep_prints_the_summary_line_last_and_exits_3_on_a_failed_delivery(bac
     let text = stdout(&out);
     let last = text.trim_end().lines().last().unwrap();
     assert!(
-        last.starts_with("sweep finished: below_threshold=2 eligible=2 sent=2 failed=0 in_cooldown=0 duration_ms="),
+        last.starts_with("sweep finished: below_threshold=2 eligible=2 sent=2 failed=0 in_cooldown=0 deferred=0 duration_ms="),
         "{last}"
     );
     assert_eq!(text.matches("📧 Email -> ").count(), 2);

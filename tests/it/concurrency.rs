@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use balance_alertd::application::check_account::{BalanceAlert, Outcome};
+use balance_alertd::application::check_account::{BalanceAlert, CheckReport};
 use balance_alertd::application::sweep::BulkBalanceAlert;
 use balance_alertd::domain::Currency;
 use balance_alertd::infrastructure::db::{self, SeaOrmStore};
@@ -117,7 +117,7 @@ async fn slow_deliveries_leave_the_sqlite_writer_to_other_writers_between_batche
     let mut settings = app.db.settings(4);
     settings.connect_timeout = Duration::from_millis(250);
     let writer = db::connect_writer(&settings).await.expect("writer");
-    app.store = SeaOrmStore::new(app.conn.clone(), app.db.url.clone()).with_writer(writer);
+    app.store = SeaOrmStore::with_writer(app.conn.clone(), writer, app.db.url.clone());
     app.delivery.concurrency = 1;
     for i in 0..3 {
         app.insert_account(NewAccount::new(&format!("slow{i}@example.com"), 100))
@@ -148,7 +148,7 @@ async fn slow_deliveries_leave_the_sqlite_writer_to_other_writers_between_batche
         .execute(&late)
         .await
         .expect("the check gets the writer while the sweep waits for a slow delivery");
-    assert!(matches!(outcome, Outcome::Evaluated(_)), "{outcome:?}");
+    assert!(matches!(outcome, CheckReport::Evaluated(_)), "{outcome:?}");
     assert_eq!(app.console.count_for("late@example.com"), 1);
 
     let summary = sweep.await.expect("sweep task").expect("sweep");

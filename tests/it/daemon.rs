@@ -47,7 +47,7 @@ async fn daemon_reports_ready_and_alerts_accounts_inserted_while_it_runs() {
     app.insert_account(NewAccount::new("late@example.com", 1_000))
         .await;
     daemon.wait_for_output("Email -> late@example.com", 1, SECONDS_5);
-    daemon.wait_for_note("STATUS=last sweep finished: below_threshold=1 eligible=1 sent=1 failed=0 in_cooldown=0 duration_ms=", SECONDS_5);
+    daemon.wait_for_note("STATUS=last sweep finished: below_threshold=1 eligible=1 sent=1 failed=0 in_cooldown=0 deferred=0 duration_ms=", SECONDS_5);
     std::thread::sleep(Duration::from_millis(2_500));
     assert_eq!(
         daemon.count("Email -> late@example.com"),
@@ -346,7 +346,7 @@ async fn shutdown_abandons_a_slow_sweep_after_the_grace_and_a_later_run_delivers
     );
 
     // The unsent claims are retried once they expire; nobody is alerted twice.
-    app.clock.advance(app.policy.claim_timeout);
+    app.clock.advance(app.rules.claim_timeout);
     app.sweep().await;
     for i in 0..20 {
         assert_eq!(app.console.count_for(&format!("s{i}@example.com")), 1);

@@ -77,6 +77,14 @@ async fn postgres_ids_compare_bytewise_and_the_migrations_roll_back() {
     assert_eq!(collations().await, BYTEWISE);
     Migrator::down(&conn, Some(1))
         .await
+        .expect("migration 6 down");
+    assert_eq!(
+        collations().await,
+        BYTEWISE,
+        "migration 6 keeps the collation"
+    );
+    Migrator::down(&conn, Some(1))
+        .await
         .expect("migration 5 down");
     assert_eq!(
         collations().await,

@@ -1,35 +1,38 @@
-//! Writes: claiming deliveries race-free and recording their outcomes, in batches.
+//! Claiming deliveries race-free, on data read under the lock.
 //!
-//! The claim follows the pattern PITFALLS proved on PostgreSQL 15: in one transaction, first
-//! lock the candidate accounts (`FOR UPDATE [SKIP LOCKED]`), then — in later statements,
-//! which take a fresh snapshot after the locks are held — re-read the accounts' alerts,
-//! decide again and write the claims. Any competitor claiming the same account held its
-//! lock until it committed, so the re-read sees its claim. On SQLite a `BEGIN IMMEDIATE`
-//! transaction takes the single write lock first, which serializes claimers across
-//! processes. The partial unique index on unresolved alerts backs both up.
+//! The pattern PITFALLS proved on PostgreSQL 15: in one transaction, first lock the accounts
+//! (`FOR UPDATE [SKIP LOCKED]`, reading their rows as they are now), then — in later
+//! statements, which take a fresh snapshot after the locks are held — re-read their alerts,
+//! decide with [`plan_claims`] and write the claims. A competitor claiming the same account
+//! held its lock until it committed, so the re-read sees its claim. On SQLite the immediate
+//! transaction holds the single write lock from the start. The unique index on open alerts
+//! backs both up. Takeovers of open alerts are fenced in the UPDATE itself (their old holder
+//! renews without the account lock).
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{
-    CaseStatement, Expr, ExprTrait, LockBehavior, LockType, OnConflict, Query, SimpleExpr,
-    ValueTuple,
+    CaseStatement, Expr, ExprTrait, OnConflict, Query, SimpleExpr, ValueTuple,
 };
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
-use super::convert::status_literal;
+use super::conn::Conns;
+use super::convert::{is_open, status_literal, to_records};
 use super::entities::{accounts, alert_logs};
-use super::store::{IDS_PER_QUERY, SeaOrmStore, open_and_recent, to_records};
-use crate::domain::ports::{ClaimRequest, LockWait, StoreError};
+use crate::domain::ports::{ClaimBatch, StoreError};
 use crate::domain::{
-    AlertId, AlertPolicy, AlertRecord, AlertStatus, AlertsByPair, Claim, Decision, Money,
+    Account, AccountId, AlertId, AlertRules, AlertStatus, ChannelName, Claim, Cutoffs, LeaseHolder,
+    Money, plan_claims,
 };
 
-/// Rows per multi-row INSERT: 5 binds a row stays far below SQLite's 32,766-bind limit.
+/// Ids per `IN (...)` list: far below SQLite's 32,766 and PostgreSQL's 65,535 bind limits.
+pub(super) const IDS_PER_QUERY: usize = 5_000;
+
+/// Rows per multi-row INSERT: 6 binds a row stays far below SQLite's 32,766-bind limit.
 const ROWS_PER_INSERT: usize = 1000;
 
 /// Rows per CASE-UPDATE (retries, failures): each row's CASE scans every arm, so keep it short.
@@ -37,79 +40,56 @@ pub(super) const ROWS_PER_CASE: usize = 200;
 
 use alert_logs::Column as L;
 
-impl SeaOrmStore {
-    /// A write transaction; on SQLite `BEGIN IMMEDIATE`, so it queues on the busy timeout
-    /// instead of failing with SQLITE_BUSY when it later upgrades from read to write.
-    pub(super) async fn begin_write(&self) -> Result<DatabaseTransaction, StoreError> {
-        let options = TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..TransactionOptions::default()
-        };
-        let options = match self.writer.get_database_backend() {
-            DbBackend::Sqlite => options,
-            _ => TransactionOptions::default(),
-        };
-        self.writer
-            .begin_with_options(options)
-            .await
-            .map_err(self.err("cannot begin a transaction"))
-    }
+/// One claim transaction.
+pub(super) struct ClaimTxn<'a> {
+    pub(super) lease: &'a LeaseHolder,
+    pub(super) channels: &'a [ChannelName],
+    pub(super) rules: &'a AlertRules,
+    pub(super) now: DateTime<Utc>,
+    /// Wait for locked accounts (a check) instead of skipping them (a sweep).
+    pub(super) wait: bool,
+    pub(super) keep_decisions: bool,
+}
 
-    /// Commits a transaction from [`Self::begin_write`] and counts it (the WAL checkpointer
-    /// waits for a moment without commits).
-    pub(super) async fn commit_write(
+impl ClaimTxn<'_> {
+    /// Claims for `ids` (in id order) and commits.
+    pub(super) async fn run(
         &self,
-        txn: DatabaseTransaction,
-        what: &str,
-    ) -> Result<(), StoreError> {
-        txn.commit().await.map_err(self.err(what))?;
-        self.count_commit();
-        Ok(())
-    }
-
-    /// Counts a committed write (the WAL checkpointer waits for a moment without commits).
-    pub(super) fn count_commit(&self) {
-        self.commits.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(super) async fn claim_deliveries(
-        &self,
-        requests: &[ClaimRequest],
-        policy: &AlertPolicy,
-        now: DateTime<Utc>,
-        lock: LockWait,
-    ) -> Result<Vec<Claim>, StoreError> {
-        if requests.is_empty() {
-            return Ok(Vec::new());
-        }
-        let txn = self.begin_write().await?;
-        let locked = lock_accounts(&txn, requests, lock)
+        conns: &Conns,
+        ids: &[String],
+    ) -> Result<ClaimBatch, StoreError> {
+        let cutoffs = self.rules.cutoffs(self.now);
+        let txn = conns.begin_write().await?;
+        let accounts = lock_and_read(&txn, conns, ids, self.wait)
             .await
-            .map_err(self.err("cannot lock accounts"))?;
-        let mut requests: Vec<&ClaimRequest> = requests
-            .iter()
-            .filter(|r| locked.contains(r.account.id.as_str()))
-            .collect();
-        // Claims in account order (sweep pages already are): alert ids, which grow with
-        // time, then follow account order, so the rows an outcome batch marks are neighbours
-        // both in the table and in the account-keyed unresolved index.
-        requests.sort_unstable_by(|a, b| a.account.id.as_str().cmp(b.account.id.as_str()));
-        let locked_ids: Vec<String> = requests
-            .iter()
-            .map(|r| r.account.id.as_str().to_owned())
-            .collect();
-        // A statement after the lock: its snapshot includes every competitor's committed claim.
-        let rows = open_and_recent(&txn, &locked_ids, policy.cooldown_cutoff(now))
+            .map_err(conns.err("cannot lock accounts"))?;
+        let (locked, gone) = missing(&txn, ids, &accounts)
             .await
-            .map_err(self.err("cannot read alert_logs"))?;
-        let plan = plan_claims(&requests, &to_records(rows)?, policy, now);
-        let skipped = insert_new(&txn, &plan.new, now)
+            .map_err(conns.err("cannot read accounts"))?;
+        let locked_ids: Vec<&str> = accounts.iter().map(|a| a.id.as_str()).collect();
+        let rows = open_and_recent(&txn, &locked_ids, cutoffs.cooldown_since)
             .await
-            .map_err(self.err("cannot insert claims into alert_logs"))?;
-        let reclaimed = reclaim(&txn, &plan.retries, now)
+            .map_err(conns.err("cannot read alert_logs"))?;
+        let mut plan = plan_claims(
+            &accounts,
+            &to_records(rows)?,
+            self.channels,
+            self.rules,
+            &cutoffs,
+            self.keep_decisions,
+        );
+        plan.tally.locked += locked;
+        plan.tally.gone += gone;
+        let expired = take_over(&txn, &plan.expire, Takeover::Expire, self.lease, &cutoffs)
             .await
-            .map_err(self.err("cannot reclaim alerts in alert_logs"))?;
-        self.commit_write(txn, "cannot commit claims").await?;
+            .map_err(conns.err("cannot expire alerts in alert_logs"))?;
+        let skipped = insert_new(&txn, self.lease, &plan.new, self.now)
+            .await
+            .map_err(conns.err("cannot insert claims into alert_logs"))?;
+        let reclaimed = take_over(&txn, &plan.retries, Takeover::Reclaim, self.lease, &cutoffs)
+            .await
+            .map_err(conns.err("cannot reclaim alerts in alert_logs"))?;
+        conns.commit_write(txn, "cannot commit claims").await?;
         let mut claims = plan.new;
         claims.retain(|c| !skipped.contains(c.alert_id.as_str()));
         claims.extend(
@@ -117,101 +97,158 @@ impl SeaOrmStore {
                 .into_iter()
                 .filter(|c| reclaimed.contains(c.alert_id.as_str())),
         );
-        Ok(claims)
+        plan.expire
+            .retain(|c| expired.contains(c.alert_id.as_str()));
+        Ok(ClaimBatch {
+            claims,
+            expired: plan.expire,
+            tally: plan.tally,
+            decisions: plan.decisions,
+        })
     }
 }
 
-/// Locks the requested accounts and returns the ids this transaction holds. PostgreSQL:
-/// row locks (`SKIP LOCKED` leaves accounts a concurrent sweep is claiming to it); SQLite:
-/// the immediate transaction already holds the database's write lock.
-async fn lock_accounts(
+/// One account row as the claim reads it under the lock.
+type AccountRow = (
+    String,
+    String,
+    Option<String>,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// Locks the accounts and reads them as they are now, in id order; an account another
+/// claimer holds (PostgreSQL, sweep) or one deleted is left out.
+async fn lock_and_read(
     txn: &DatabaseTransaction,
-    requests: &[ClaimRequest],
-    lock: LockWait,
-) -> Result<HashSet<String>, sea_orm::DbErr> {
-    let ids: Vec<&str> = requests.iter().map(|r| r.account.id.as_str()).collect();
-    if txn.get_database_backend() != DbBackend::Postgres {
-        return Ok(ids.into_iter().map(str::to_owned).collect());
-    }
-    let mut locked = HashSet::with_capacity(ids.len());
+    conns: &Conns,
+    ids: &[String],
+    wait: bool,
+) -> Result<Vec<Account>, DbErr> {
+    use accounts::Column as A;
+    let mut out = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(IDS_PER_QUERY) {
-        let query = accounts::Entity::find()
+        let select = accounts::Entity::find()
             .select_only()
-            .column(accounts::Column::Id)
-            .filter(accounts::Column::Id.is_in(chunk.iter().copied()))
+            .columns([
+                A::Id,
+                A::OwnerEmail,
+                A::OwnerName,
+                A::BalanceMinor,
+                A::AlertThresholdMinor,
+                A::OwnerPhone,
+                A::Currency,
+                A::AlertPolicy,
+                A::AlertChannels,
+                A::Timezone,
+                A::QuietHours,
+            ])
+            .filter(A::Id.is_in(chunk.iter().map(String::as_str)))
             // One order for every claimer, so waiting claimers cannot deadlock.
-            .order_by_asc(accounts::Column::Id);
-        let query = match lock {
-            LockWait::Skip => query.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked),
-            LockWait::Wait => query.lock(LockType::Update),
-        };
-        locked.extend(query.into_tuple::<String>().all(txn).await?);
+            .order_by_asc(A::Id);
+        let rows: Vec<AccountRow> = conns
+            .dialect
+            .lock_rows(select, wait)
+            .into_tuple()
+            .all(txn)
+            .await?;
+        out.extend(rows.into_iter().map(account));
     }
-    Ok(locked)
+    Ok(out)
 }
 
-/// What the claim will write: new alerts and retries of unresolved ones.
-struct ClaimPlan {
-    new: Vec<Claim>,
-    retries: Vec<Claim>,
-}
-
-fn plan_claims(
-    requests: &[&ClaimRequest],
-    records: &[AlertRecord],
-    policy: &AlertPolicy,
-    now: DateTime<Utc>,
-) -> ClaimPlan {
-    let by_pair = AlertsByPair::new(records);
-    let mut plan = ClaimPlan {
-        new: Vec::new(),
-        retries: Vec::new(),
-    };
-    for request in requests {
-        let account = &request.account;
-        if !account.is_below_threshold(policy.default_threshold) {
-            continue;
-        }
-        let threshold = account.effective_threshold(policy.default_threshold);
-        for channel in &request.channels {
-            let claim = |alert_id, prior_attempts, created_at| Claim {
-                alert_id,
-                channel: channel.clone(),
-                account: account.clone(),
-                threshold,
-                prior_attempts,
-                created_at,
-            };
-            match policy.decide(now, by_pair.get(&account.id, channel)) {
-                Decision::New => plan.new.push(claim(AlertId::generate(), 0, now)),
-                Decision::Retry { alert_id, attempts } => {
-                    let created_at = by_pair
-                        .get(&account.id, channel)
-                        .find(|r| r.id == alert_id)
-                        .map_or(now, |r| r.created_at);
-                    plan.retries.push(claim(alert_id, attempts, created_at));
-                }
-                Decision::InCooldown { .. } | Decision::InFlight { .. } => {}
-            }
-        }
+fn account(row: AccountRow) -> Account {
+    let (id, email, name, balance, threshold, phone, currency, policy, channels, tz, quiet) = row;
+    Account {
+        id: AccountId::new(id),
+        owner_email: email,
+        owner_name: name,
+        balance: Money::from_minor(balance),
+        threshold_override: threshold.map(Money::from_minor),
+        updated_at: None,
+        owner_phone: phone,
+        settings: crate::domain::AccountSettings {
+            currency,
+            alert_policy: policy,
+            alert_channels: channels,
+            timezone: tz,
+            quiet_hours: quiet,
+        },
     }
-    plan
 }
 
-/// Inserts new `pending` rows; returns the ids left out (a conflicting unresolved row —
-/// which the locks should make impossible — leaves that claim out rather than failing).
+/// Of the requested accounts the lock did not return: how many are locked by another
+/// claimer, and how many were deleted. Only PostgreSQL skips locked rows.
+async fn missing(
+    txn: &DatabaseTransaction,
+    ids: &[String],
+    read: &[Account],
+) -> Result<(u64, u64), DbErr> {
+    let missing = ids.len().saturating_sub(read.len()) as u64;
+    if missing == 0 || txn.get_database_backend() != sea_orm::DbBackend::Postgres {
+        return Ok((0, missing));
+    }
+    let read: HashSet<&str> = read.iter().map(|a| a.id.as_str()).collect();
+    let absent: Vec<&str> = ids
+        .iter()
+        .map(String::as_str)
+        .filter(|id| !read.contains(id))
+        .collect();
+    let mut exist = 0;
+    for chunk in absent.chunks(IDS_PER_QUERY) {
+        exist += accounts::Entity::find()
+            .filter(accounts::Column::Id.is_in(chunk.iter().copied()))
+            .count(txn)
+            .await?;
+    }
+    Ok((exist, missing - exist))
+}
+
+/// Open alerts, and alerts sent or given up since `since`, of these accounts.
+async fn open_and_recent<C: ConnectionTrait>(
+    db: &C,
+    accounts: &[&str],
+    since: DateTime<Utc>,
+) -> Result<Vec<alert_logs::Model>, DbErr> {
+    let mut rows = Vec::new();
+    for chunk in accounts.chunks(IDS_PER_QUERY) {
+        let mut part = alert_logs::Entity::find()
+            .filter(L::AccountId.is_in(chunk.iter().copied()))
+            .filter(
+                Condition::any()
+                    .add(is_open())
+                    .add(L::SentAt.gte(since))
+                    .add(
+                        Expr::col(L::Status)
+                            .eq(status_literal(AlertStatus::Expired))
+                            .and(L::ClaimedAt.gte(since)),
+                    ),
+            )
+            .all(db)
+            .await?;
+        rows.append(&mut part);
+    }
+    Ok(rows)
+}
+
+/// Inserts new `pending` rows held by `lease`; returns the ids left out (a conflicting open
+/// row — which the locks make impossible — leaves that claim out rather than failing).
 ///
-/// `INSERT ... SELECT ... FROM (VALUES ...)`: each row binds only what differs between rows
-/// (id, account, channel, threshold, balance); the status and attempt count are literals and
-/// the claim time is bound once. With a bound value per column a page of 1,000 claims took
-/// 9,000 binds, 2,000 of them timestamps formatted one by one, all while the claim held the
-/// writer. The usual case, every row inserted, is told by the row count, without `RETURNING`
-/// every id.
+/// `INSERT ... SELECT ... FROM (VALUES ...)`: each row binds only what differs between rows;
+/// the status, attempt count, holder and claim time are bound once. The usual case, every
+/// row inserted, is told by the row count, without `RETURNING` every id.
 async fn insert_new(
     txn: &DatabaseTransaction,
+    lease: &LeaseHolder,
     claims: &[Claim],
     now: DateTime<Utc>,
-) -> Result<HashSet<String>, sea_orm::DbErr> {
+) -> Result<HashSet<String>, DbErr> {
     const ROWS: &str = "claims";
     let from_rows = |n: usize| Expr::col((ROWS, format!("column{n}")));
     let mut skipped = HashSet::new();
@@ -223,15 +260,17 @@ async fn insert_new(
                 c.channel.as_str().into(),
                 c.threshold.minor().into(),
                 c.account.balance.minor().into(),
+                c.account.contact().into(),
             ])
         });
         let mut select = Query::select();
         select
-            .exprs((1..=5).map(from_rows))
+            .exprs((1..=6).map(from_rows))
             .expr(status_literal(AlertStatus::Pending))
             .expr(Expr::Constant(0i32.into()))
             .expr(Expr::val(now))
             .expr(Expr::val(now))
+            .expr(Expr::val(lease.as_str()))
             .from_values(rows, ROWS)
             // SQLite needs a WHERE to parse `INSERT ... SELECT ... ON CONFLICT` as an upsert.
             .and_where(Expr::Constant(true.into()));
@@ -244,13 +283,15 @@ async fn insert_new(
                 L::Channel,
                 L::ThresholdMinor,
                 L::BalanceAtAlertMinor,
+                L::Contact,
                 L::Status,
                 L::Attempts,
                 L::CreatedAt,
                 L::ClaimedAt,
+                L::ClaimedBy,
             ])
             .select_from(select)
-            .map_err(|e| sea_orm::DbErr::Custom(e.to_string()))?
+            .map_err(|e| DbErr::Custom(e.to_string()))?
             .on_conflict(OnConflict::new().do_nothing().to_owned());
         let written = txn.execute(&insert).await?.rows_affected();
         if usize::try_from(written).is_ok_and(|n| n == chunk.len()) {
@@ -276,37 +317,85 @@ async fn insert_new(
     Ok(skipped)
 }
 
-/// Takes over failed or abandoned alerts under their ids, with the current balance and
-/// threshold (the message must tell today's balance; the id lets receivers deduplicate).
-async fn reclaim(
+/// What a takeover of open alerts does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Takeover {
+    /// Claim them (again) under their ids, with the balance and threshold read now.
+    Reclaim,
+    /// Give them up: `expired`.
+    Expire,
+}
+
+/// Takes over open alerts by id, fenced in the UPDATE itself: only a `retry`, a `failed`
+/// (reclaim only: its contact details changed, decided under the lock) or a `pending` claim
+/// not renewed since the cut-off. PostgreSQL re-checks the WHERE on the newest row version
+/// after waiting for a concurrent renewal, so a claim renewed meanwhile is left alone.
+/// Returns the ids taken over.
+async fn take_over(
     txn: &DatabaseTransaction,
     claims: &[Claim],
-    now: DateTime<Utc>,
-) -> Result<HashSet<String>, sea_orm::DbErr> {
-    let mut reclaimed = HashSet::with_capacity(claims.len());
+    what: Takeover,
+    lease: &LeaseHolder,
+    cutoffs: &Cutoffs,
+) -> Result<HashSet<String>, DbErr> {
+    let mut taken = HashSet::with_capacity(claims.len());
     for chunk in claims.chunks(ROWS_PER_CASE) {
-        let thresholds = chunk.iter().map(|c| (&c.alert_id, minor(c.threshold)));
-        let balances = chunk
-            .iter()
-            .map(|c| (&c.alert_id, minor(c.account.balance)));
         let mut update = Query::update();
+        update.table(alert_logs::Entity);
+        let takeable = Condition::any()
+            .add(Expr::col(L::Status).eq(status_literal(AlertStatus::Retry)))
+            .add(
+                Expr::col(L::Status)
+                    .eq(status_literal(AlertStatus::Pending))
+                    .and(Expr::col(L::ClaimedAt).lte(cutoffs.live_since)),
+            );
+        match what {
+            Takeover::Reclaim => {
+                let per_row = |f: fn(&Claim) -> Expr, column| {
+                    by_id(chunk.iter().map(|c| (&c.alert_id, f(c))), column)
+                };
+                update
+                    .value(L::Status, status_literal(AlertStatus::Pending))
+                    .value(L::ClaimedAt, cutoffs.now)
+                    .value(L::ClaimedBy, lease.as_str())
+                    .value(
+                        L::ThresholdMinor,
+                        per_row(|c| Expr::val(c.threshold.minor()), L::ThresholdMinor),
+                    )
+                    .value(
+                        L::BalanceAtAlertMinor,
+                        per_row(
+                            |c| Expr::val(c.account.balance.minor()),
+                            L::BalanceAtAlertMinor,
+                        ),
+                    )
+                    .value(
+                        L::Contact,
+                        per_row(|c| Expr::val(c.account.contact()), L::Contact),
+                    )
+                    .cond_where(
+                        takeable.add(Expr::col(L::Status).eq(status_literal(AlertStatus::Failed))),
+                    );
+            }
+            Takeover::Expire => {
+                update
+                    .value(L::Status, status_literal(AlertStatus::Expired))
+                    .value(L::ClaimedAt, cutoffs.now)
+                    .value(
+                        L::LastError,
+                        Expr::val("gave up: still failing after delivery.give_up_after"),
+                    )
+                    .cond_where(takeable);
+            }
+        }
         update
-            .table(alert_logs::Entity)
-            .value(L::Status, AlertStatus::Pending.as_str())
-            .value(L::ClaimedAt, now)
-            .value(L::ThresholdMinor, by_id(thresholds, L::ThresholdMinor))
-            .value(
-                L::BalanceAtAlertMinor,
-                by_id(balances, L::BalanceAtAlertMinor),
-            )
             .and_where(L::Id.is_in(chunk.iter().map(|c| c.alert_id.as_str())))
-            .and_where(Expr::col(L::Status).ne(status_literal(AlertStatus::Sent)))
             .returning_col(L::Id);
         for row in txn.query_all(&update).await? {
-            reclaimed.insert(row.try_get::<String>("", "id")?);
+            taken.insert(row.try_get::<String>("", "id")?);
         }
     }
-    Ok(reclaimed)
+    Ok(taken)
 }
 
 /// `CASE WHEN id = a THEN va WHEN id = b THEN vb ... ELSE column END`: one statement sets a
@@ -321,8 +410,4 @@ pub(super) fn by_id<'a, V: Into<Expr>>(
         })
         .finally(Expr::col(column))
         .into()
-}
-
-fn minor(money: Money) -> Expr {
-    Expr::val(money.minor())
 }

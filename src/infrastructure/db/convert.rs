@@ -2,10 +2,12 @@
 //! never a panic.
 
 use anyhow::anyhow;
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, ExprTrait};
 
 use super::entities::{accounts, alert_logs};
-use crate::domain::{Account, AccountId, AlertId, AlertRecord, AlertStatus, ChannelName, Money};
+use crate::domain::{
+    Account, AccountId, AccountSettings, AlertId, AlertRecord, AlertStatus, ChannelName, Money,
+};
 
 impl From<accounts::Model> for Account {
     fn from(row: accounts::Model) -> Self {
@@ -16,6 +18,14 @@ impl From<accounts::Model> for Account {
             balance: Money::from_minor(row.balance_minor),
             threshold_override: row.alert_threshold_minor.map(Money::from_minor),
             updated_at: Some(row.updated_at),
+            owner_phone: row.owner_phone,
+            settings: AccountSettings {
+                currency: row.currency,
+                alert_policy: row.alert_policy,
+                alert_channels: row.alert_channels,
+                timezone: row.timezone,
+                quiet_hours: row.quiet_hours,
+            },
         }
     }
 }
@@ -36,8 +46,20 @@ impl TryFrom<alert_logs::Model> for AlertRecord {
             created_at: row.created_at,
             claimed_at: row.claimed_at,
             sent_at: row.sent_at,
+            contact: row.contact,
         })
     }
+}
+
+/// `status IN ('pending', 'retry', 'failed')`: the open alerts, written exactly as the
+/// predicate of the unique index `ux_alert_logs_open`, with literals (see [`status_literal`]).
+pub(super) fn is_open() -> Expr {
+    let open = [
+        AlertStatus::Pending,
+        AlertStatus::Retry,
+        AlertStatus::Failed,
+    ];
+    Expr::col(super::entities::alert_logs::Column::Status).is_in(open.map(status_literal))
 }
 
 /// `status` compared in a WHERE clause: written into the SQL as a literal, not bound.
@@ -54,4 +76,13 @@ pub(super) fn status_literal(status: AlertStatus) -> Expr {
 /// Attempts as stored (INTEGER); saturates instead of wrapping.
 pub(super) fn attempts_column(attempts: u32) -> i32 {
     i32::try_from(attempts).unwrap_or(i32::MAX)
+}
+
+/// Rows of `alert_logs` as the claim rules see them.
+pub(super) fn to_records(
+    rows: Vec<alert_logs::Model>,
+) -> Result<Vec<AlertRecord>, crate::domain::ports::StoreError> {
+    rows.into_iter()
+        .map(|row| AlertRecord::try_from(row).map_err(crate::domain::ports::StoreError::Unexpected))
+        .collect()
 }

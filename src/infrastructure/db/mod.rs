@@ -1,10 +1,13 @@
 //! The database adapter: connection set-up (with the SQLite pragmas a daemon needs), the
 //! SeaORM entities, and the [`AlertStore`](crate::domain::ports::AlertStore) implementation.
 
+mod candidates;
 mod claim;
+mod conn;
 mod convert;
+mod dialect;
 pub mod entities;
-mod outcomes;
+mod record;
 mod store;
 
 use std::time::Duration;

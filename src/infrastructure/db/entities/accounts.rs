@@ -12,6 +12,12 @@ pub struct Model {
     pub balance_minor: i64,
     pub alert_threshold_minor: Option<i64>,
     pub updated_at: DateTimeUtc,
+    pub currency: Option<String>,
+    pub owner_phone: Option<String>,
+    pub alert_policy: Option<String>,
+    pub alert_channels: Option<String>,
+    pub timezone: Option<String>,
+    pub quiet_hours: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -17,6 +17,12 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     pub claimed_at: DateTimeUtc,
     pub sent_at: Option<DateTimeUtc>,
+    /// The lease holder of a `pending` claim.
+    pub claimed_by: Option<String>,
+    /// The contact details the alert was addressed to.
+    pub contact: Option<String>,
+    pub currency: Option<String>,
+    pub resolved_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,0 +1,121 @@
+//! Deciding what to claim for accounts read under the claim's lock: the one rule every store
+//! applies (the SQL candidate query only pre-filters with the same [`Cutoffs`]).
+
+use serde::Serialize;
+
+use super::account::{Account, AccountId};
+use super::alert::{
+    AlertId, AlertRecord, AlertRules, AlertsByPair, ChannelName, Claim, Cutoffs, Decision,
+};
+
+/// What a claim found, in accounts. `claimed + nothing_due + locked + changed + gone` is the
+/// number of accounts the claim looked at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ClaimTally {
+    /// At least one delivery claimed.
+    pub claimed: u64,
+    /// Below the threshold, but every channel in cooldown, in flight elsewhere or parked.
+    pub nothing_due: u64,
+    /// Locked by another claimer at that moment (it is being claimed elsewhere).
+    pub locked: u64,
+    /// No longer below the threshold when read under the lock (topped up, re-thresholded).
+    pub changed: u64,
+    /// Deleted since it was listed.
+    pub gone: u64,
+}
+
+impl ClaimTally {
+    pub fn add(&mut self, other: &ClaimTally) {
+        self.claimed += other.claimed;
+        self.nothing_due += other.nothing_due;
+        self.locked += other.locked;
+        self.changed += other.changed;
+        self.gone += other.gone;
+    }
+
+    /// Accounts listed as candidates but left alone because they changed under the sweep.
+    pub fn skipped(&self) -> u64 {
+        self.locked + self.changed + self.gone
+    }
+}
+
+/// What one claim writes, and why.
+#[derive(Debug, Default)]
+pub struct ClaimPlan {
+    /// New alerts (new ids).
+    pub new: Vec<Claim>,
+    /// Open alerts taken (back) under their ids.
+    pub retries: Vec<Claim>,
+    /// Alerts due for a retry but past `give_up_after`: to be recorded `expired`.
+    pub expire: Vec<Claim>,
+    /// Every account and channel with its decision (kept only when asked for: a check
+    /// explains itself, a sweep only counts).
+    pub decisions: Vec<(AccountId, ChannelName, Decision)>,
+    pub tally: ClaimTally,
+}
+
+/// Plans the claims for `accounts` as read under the lock, with their stored alerts.
+/// `locked` and `gone` count the requested accounts the lock did not return.
+pub fn plan_claims(
+    accounts: &[Account],
+    records: &[AlertRecord],
+    channels: &[ChannelName],
+    rules: &AlertRules,
+    cutoffs: &Cutoffs,
+    keep_decisions: bool,
+) -> ClaimPlan {
+    let by_pair = AlertsByPair::new(records);
+    let mut plan = ClaimPlan::default();
+    for account in accounts {
+        if !account.is_below_threshold(rules.default_threshold) {
+            plan.tally.changed += 1;
+            continue;
+        }
+        let threshold = account.effective_threshold(rules.default_threshold);
+        let mut claimed = false;
+        for channel in channels {
+            let claim = |alert_id: AlertId, prior_attempts, created_at| Claim {
+                alert_id,
+                channel: channel.clone(),
+                account: account.clone(),
+                threshold,
+                prior_attempts,
+                created_at,
+            };
+            let decision = cutoffs.decide(account.contact(), by_pair.get(&account.id, channel));
+            match &decision {
+                Decision::New => {
+                    plan.new.push(claim(AlertId::generate(), 0, cutoffs.now));
+                }
+                Decision::Retry {
+                    alert_id,
+                    attempts,
+                    created_at,
+                } => plan
+                    .retries
+                    .push(claim(alert_id.clone(), *attempts, *created_at)),
+                Decision::Expire {
+                    alert_id,
+                    attempts,
+                    created_at,
+                } => plan
+                    .expire
+                    .push(claim(alert_id.clone(), *attempts, *created_at)),
+                Decision::InCooldown { .. }
+                | Decision::InFlight { .. }
+                | Decision::Parked { .. } => {}
+            }
+            claimed |= decision.is_claimable();
+            if keep_decisions {
+                plan.decisions
+                    .push((account.id.clone(), channel.clone(), decision));
+            }
+        }
+        if claimed {
+            plan.tally.claimed += 1;
+        } else {
+            plan.tally.nothing_due += 1;
+        }
+    }
+    plan
+}

@@ -1,0 +1,331 @@
+//! Recording outcomes (`sent`, `retry`, `failed`, `expired`) and renewing leases: writes
+//! fenced on the lease holder, so only the current holder of a claim changes it.
+//!
+//! A sweep records thousands of small batches (at most `notify.concurrency` rows each: they
+//! bound the duplicates a crash can cause). sqlx tests every connection given back to its
+//! pool with a round trip, so the recorder keeps one connection from batch to batch and gives
+//! it back when no batch came for [`RELEASE_WHEN_IDLE`] or after [`HOLD_AT_MOST`]: on SQLite
+//! it is the single writer, which the next claim and a concurrent `check` wait for.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sea_orm::sea_query::{
+    Expr, ExprTrait, PostgresQueryBuilder, Query, QueryBuilder, SqliteQueryBuilder, UpdateStatement,
+};
+use sea_orm::sqlx::pool::PoolConnection;
+use sea_orm::sqlx::{self, Connection, Postgres, Sqlite};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnectionType, DbErr, RuntimeErr};
+use sea_query_sqlx::{SqlxBinder, SqlxValues};
+use tokio::sync::Mutex;
+
+use super::claim::{IDS_PER_QUERY, ROWS_PER_CASE, by_id};
+use super::conn::Conns;
+use super::convert::{attempts_column, status_literal};
+use super::entities::alert_logs;
+use crate::domain::ports::StoreError;
+use crate::domain::{AlertId, AlertStatus, LeaseHolder, Outcome};
+
+use alert_logs::Column as L;
+
+/// `last_error` is for people; keep it readable and bounded.
+const MAX_ERROR_CHARS: usize = 1000;
+
+/// Give the connection back when no batch came for this long.
+const RELEASE_WHEN_IDLE: Duration = Duration::from_millis(2);
+
+/// Give the connection back at the next batch after holding it this long.
+const HOLD_AT_MOST: Duration = Duration::from_millis(100);
+
+/// The connection kept between batches, of the writer's kind.
+enum Held {
+    Sqlite(PoolConnection<Sqlite>),
+    Postgres(PoolConnection<Postgres>),
+}
+
+/// Records outcome batches on a held connection.
+pub(super) struct Recorder {
+    conns: Arc<Conns>,
+    held: Arc<Mutex<Option<(Held, Instant)>>>,
+    /// Bumped at every batch: an idle release only drops the connection of the last one.
+    batches: Arc<AtomicU64>,
+}
+
+impl Recorder {
+    pub(super) fn new(conns: Arc<Conns>) -> Self {
+        Self {
+            conns,
+            held: Arc::default(),
+            batches: Arc::default(),
+        }
+    }
+
+    /// Records a batch; returns how many outcomes were written (the others' claims are no
+    /// longer this holder's).
+    pub(super) async fn record(
+        &self,
+        lease: &LeaseHolder,
+        outcomes: &[Outcome],
+    ) -> Result<u64, StoreError> {
+        let statements = outcome_updates(lease, outcomes);
+        if statements.is_empty() {
+            return Ok(0);
+        }
+        let mut slot = self.held.lock().await;
+        let (held, since) = match slot.take() {
+            Some(held) => slot.insert(held),
+            None => {
+                let held = self
+                    .acquire()
+                    .await
+                    .map_err(|e| self.conns.err("cannot connect")(sqlx_err(e)))?;
+                slot.insert((held, Instant::now()))
+            }
+        };
+        let begin = self.conns.dialect.begin();
+        let result = match held {
+            Held::Sqlite(conn) => {
+                execute::<Sqlite, SqliteQueryBuilder>(conn, &statements, begin).await
+            }
+            Held::Postgres(conn) => {
+                execute::<Postgres, PostgresQueryBuilder>(conn, &statements, begin).await
+            }
+        };
+        if result.is_err() || since.elapsed() >= HOLD_AT_MOST {
+            // After an error the pool's check decides whether the connection is still usable.
+            *slot = None;
+        }
+        drop(slot);
+        let written = result.map_err(|(e, what)| self.conns.err(what)(sqlx_err(e)))?;
+        self.conns.count_commit();
+        self.release_when_idle();
+        Ok(written)
+    }
+
+    fn release_when_idle(&self) {
+        let batch = self.batches.fetch_add(1, Ordering::Relaxed) + 1;
+        let (held, batches) = (self.held.clone(), self.batches.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(RELEASE_WHEN_IDLE).await;
+            if batches.load(Ordering::Relaxed) == batch {
+                let mut slot = held.lock().await;
+                if batches.load(Ordering::Relaxed) == batch {
+                    *slot = None;
+                }
+            }
+        });
+    }
+
+    async fn acquire(&self) -> Result<Held, sqlx::Error> {
+        let writer = &self.conns.writer;
+        match &writer.inner {
+            // `get_*_connection_pool` panics only for another kind of connection, which
+            // the match rules out.
+            DatabaseConnectionType::SqlxSqlitePoolConnection(_) => Ok(Held::Sqlite(
+                writer.get_sqlite_connection_pool().acquire().await?,
+            )),
+            DatabaseConnectionType::SqlxPostgresPoolConnection(_) => Ok(Held::Postgres(
+                writer.get_postgres_connection_pool().acquire().await?,
+            )),
+            // The store is only ever built on a SQLite or PostgreSQL pool (super::connect).
+            _ => Err(sqlx::Error::Configuration(
+                "alert_logs can only be written through a SQLite or PostgreSQL pool".into(),
+            )),
+        }
+    }
+
+    /// Renews the lease on `alerts` where `lease` still holds them; returns those renewed.
+    pub(super) async fn renew(
+        &self,
+        lease: &LeaseHolder,
+        alerts: &[AlertId],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<AlertId>, StoreError> {
+        let mut renewed = Vec::with_capacity(alerts.len());
+        for chunk in alerts.chunks(IDS_PER_QUERY) {
+            let mut update = Query::update();
+            update
+                .table(alert_logs::Entity)
+                .value(L::ClaimedAt, now)
+                .and_where(L::Id.is_in(chunk.iter().map(AlertId::as_str)))
+                .and_where(held_by(lease))
+                .returning_col(L::Id);
+            let rows = self
+                .conns
+                .writer
+                .query_all(&update)
+                .await
+                .map_err(self.conns.err("cannot renew claims in alert_logs"))?;
+            for row in rows {
+                let id: String = row
+                    .try_get("", "id")
+                    .map_err(self.conns.err("cannot renew claims in alert_logs"))?;
+                renewed.push(AlertId::from_stored(id));
+            }
+            self.conns.count_commit();
+        }
+        Ok(renewed)
+    }
+}
+
+/// The fence of every write of a claim's holder: still `pending`, still this holder's.
+fn held_by(lease: &LeaseHolder) -> Expr {
+    Expr::col(L::Status)
+        .eq(status_literal(AlertStatus::Pending))
+        .and(Expr::col(L::ClaimedBy).eq(lease.as_str()))
+}
+
+/// Runs a batch's statements and returns the rows they changed. The usual batch (every
+/// delivery sent at its first attempt) is one UPDATE, atomic on its own: no BEGIN and COMMIT
+/// round trips. Several statements run in one transaction opened with `begin`.
+async fn execute<DB, Q>(
+    conn: &mut DB::Connection,
+    statements: &[(UpdateStatement, &'static str)],
+    begin: &'static str,
+) -> Result<u64, (sqlx::Error, &'static str)>
+where
+    DB: sqlx::Database,
+    Q: QueryBuilder + Default,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    SqlxValues: for<'q> sqlx::IntoArguments<DB>,
+    DB::QueryResult: RowsAffected,
+{
+    if let [(update, what)] = statements {
+        return run(&mut *conn, update, Q::default())
+            .await
+            .map_err(|e| (e, *what));
+    }
+    let mut txn = conn
+        .begin_with(sqlx::AssertSqlSafe(begin))
+        .await
+        .map_err(|e| (e, "cannot begin a transaction"))?;
+    let mut written = 0;
+    for (update, what) in statements {
+        written += run(&mut *txn, update, Q::default())
+            .await
+            .map_err(|e| (e, *what))?;
+    }
+    txn.commit()
+        .await
+        .map_err(|e| (e, "cannot commit delivery outcomes"))?;
+    Ok(written)
+}
+
+/// The rows a statement changed, for both drivers.
+trait RowsAffected {
+    fn rows(&self) -> u64;
+}
+
+impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+impl RowsAffected for sqlx::postgres::PgQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+/// Runs one statement as SeaORM would: the same SQL, bound by sea-query's sqlx binder.
+async fn run<'c, DB, E>(
+    conn: E,
+    update: &UpdateStatement,
+    builder: impl QueryBuilder,
+) -> Result<u64, sqlx::Error>
+where
+    DB: sqlx::Database,
+    E: sqlx::Executor<'c, Database = DB>,
+    SqlxValues: for<'q> sqlx::IntoArguments<DB>,
+    DB::QueryResult: RowsAffected,
+{
+    let (sql, values) = update.build_sqlx(builder);
+    let result = sqlx::query_with(sqlx::AssertSqlSafe(sql), values)
+        .execute(conn)
+        .await?;
+    Ok(result.rows())
+}
+
+/// A driver error as SeaORM reports it, so that [`super::map_db_err`] tells an unreachable
+/// database from other failures.
+fn sqlx_err(e: sqlx::Error) -> DbErr {
+    DbErr::Exec(RuntimeErr::SqlxError(Arc::new(e)))
+}
+
+/// The statements recording a batch of outcomes, each with what it does for error messages.
+fn outcome_updates(
+    lease: &LeaseHolder,
+    outcomes: &[Outcome],
+) -> Vec<(UpdateStatement, &'static str)> {
+    let mut statements = Vec::new();
+    // Sent rows in a batch share one `sent_at` (the latest delivery of the batch, at most a
+    // batch's delivery time after the earliest: the cooldown starts marginally later, never
+    // earlier) and are grouped by attempts, so each statement is a plain
+    // `UPDATE ... WHERE id IN (...)` instead of a per-row CASE.
+    let mut sent: BTreeMap<u32, Vec<&Outcome>> = BTreeMap::new();
+    let mut unsuccessful: BTreeMap<&'static str, Vec<&Outcome>> = BTreeMap::new();
+    for outcome in outcomes {
+        match outcome.status {
+            AlertStatus::Sent => sent.entry(outcome.attempts).or_default().push(outcome),
+            AlertStatus::Pending => {}
+            other => unsuccessful
+                .entry(other.as_str())
+                .or_default()
+                .push(outcome),
+        }
+    }
+    for (attempts, group) in sent {
+        let sent_at = group.iter().map(|o| o.at).max();
+        for chunk in group.chunks(IDS_PER_QUERY) {
+            let mut update = Query::update();
+            update
+                .table(alert_logs::Entity)
+                .value(L::Status, status_literal(AlertStatus::Sent))
+                .value(L::SentAt, sent_at)
+                .value(
+                    L::Attempts,
+                    Expr::col(L::Attempts).add(attempts_column(attempts)),
+                )
+                .value(L::LastError, Expr::Constant(Option::<String>::None.into()))
+                .and_where(L::Id.is_in(chunk.iter().map(|o| o.alert_id.as_str())))
+                .and_where(held_by(lease));
+            statements.push((update, "cannot mark alerts sent"));
+        }
+    }
+    for (status, group) in unsuccessful {
+        for chunk in group.chunks(ROWS_PER_CASE) {
+            let attempts = chunk
+                .iter()
+                .map(|o| (&o.alert_id, Expr::val(attempts_column(o.attempts))));
+            let errors = chunk.iter().map(|o| (&o.alert_id, error_text(o)));
+            let mut update = Query::update();
+            if status == AlertStatus::Expired.as_str() {
+                // When it was given up: the cooldown after it starts there.
+                update.value(L::ClaimedAt, chunk.iter().map(|o| o.at).max());
+            }
+            update
+                .table(alert_logs::Entity)
+                .value(L::Status, Expr::Constant(status.into()))
+                .value(
+                    L::Attempts,
+                    Expr::col(L::Attempts).add(by_id(attempts, L::Attempts)),
+                )
+                .value(L::LastError, by_id(errors, L::LastError))
+                .and_where(L::Id.is_in(chunk.iter().map(|o| o.alert_id.as_str())))
+                .and_where(held_by(lease));
+            statements.push((update, "cannot record failed deliveries"));
+        }
+    }
+    statements
+}
+
+fn error_text(outcome: &Outcome) -> Expr {
+    let text = outcome
+        .error
+        .as_deref()
+        .map(|e| e.chars().take(MAX_ERROR_CHARS).collect::<String>());
+    Expr::val(text)
+}
