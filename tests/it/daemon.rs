@@ -395,7 +395,10 @@ async fn a_sweep_in_progress_finishes_with_the_settings_it_started_with() {
         );
     }
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &app.db.url, "", "[notify]\nconcurrency = 1");
+    // One account per claim, one delivery at a time, each 300 ms: the claims of later
+    // accounts happen after the reload, and must still use the settings the sweep began with.
+    let settings = "[notify]\nconcurrency = 1\n[delivery]\nbatch_size = 1";
+    let config = write_config(dir.path(), &app.db.url, "", settings);
     let sources = Sources {
         files: vec![config.clone()],
         env: Some(HashMap::new()),
@@ -412,7 +415,7 @@ async fn a_sweep_in_progress_finishes_with_the_settings_it_started_with() {
         dir.path(),
         &app.db.url,
         "",
-        "[notify]\nconcurrency = 1\n[alert]\nthreshold = \"10.00\"",
+        &format!("{settings}\n[alert]\nthreshold = \"10.00\""),
     );
     daemon.control.unbounded_send(Control::Reload).unwrap();
     let deadline = Instant::now() + SECONDS_10;

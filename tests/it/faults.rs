@@ -17,7 +17,7 @@ const SECONDS_10: Duration = Duration::from_secs(10);
 
 /// A config file for the binary: webhook channel to `receiver` with `concurrency`, cron
 /// every second; `extra` adds other sections.
-fn write_config(
+pub(crate) fn write_config(
     dir: &Path,
     url: &str,
     receiver: &Receiver,
@@ -49,7 +49,7 @@ fn write_config_with(
 }
 
 /// `n` accounts inserted in one statement, as a bank's batch job would; `balance` is SQL.
-async fn bulk_accounts(app: &TestApp, n: u64, balance: &str) {
+pub(crate) async fn bulk_accounts(app: &TestApp, n: u64, balance: &str) {
     let sql = match app.conn.get_database_backend() {
         sea_orm::DbBackend::Postgres => format!(
             "INSERT INTO accounts (id, owner_email, owner_name, balance_minor) \
@@ -70,7 +70,7 @@ async fn bulk_accounts(app: &TestApp, n: u64, balance: &str) {
         .expect("bulk insert");
 }
 
-fn sweep(dir: &Path, config: &Path) -> std::process::Output {
+pub(crate) fn sweep(dir: &Path, config: &Path) -> std::process::Output {
     Command::new(BIN)
         .current_dir(dir)
         .env_clear()
@@ -79,7 +79,7 @@ fn sweep(dir: &Path, config: &Path) -> std::process::Output {
         .unwrap()
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+pub(crate) async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -120,6 +120,12 @@ async fn a_killed_sweep_loses_nothing_and_repeats_at_most_the_in_flight_deliveri
 
     // Right away, live claims are in flight: not taken over. After claim_timeout, they are.
     assert_eq!(sweep(dir.path(), &config).status.code(), Some(0));
+    assert_eq!(
+        app.count("SELECT COUNT(*) AS n FROM alert_logs WHERE status = 'pending'")
+            .await,
+        pending,
+        "a sweep right after the crash left the dead holder's live claims alone"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(sweep(dir.path(), &config).status.code(), Some(0));
 

@@ -7,6 +7,7 @@ mod cli;
 mod concurrency;
 mod daemon;
 mod faults;
+mod field;
 mod helpers;
 mod hostile;
 mod process;
