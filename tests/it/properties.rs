@@ -4,8 +4,38 @@
 use std::collections::HashMap;
 
 use balance_alertd::config::{self, Sources};
-use balance_alertd::domain::{Currency, EmailAddress, Money, MoneyError};
+use balance_alertd::domain::{
+    AccountId, AlertId, AlertRecord, AlertStatus, ChannelName, Currency, EmailAddress, Lease,
+    Money, MoneyError,
+};
+use chrono::{DateTime, Utc};
 use proptest::prelude::*;
+
+/// Any instant chrono can represent, with a third of the cases within 20 years of either
+/// end of its range, where date arithmetic overflows.
+fn any_instant() -> impl Strategy<Value = DateTime<Utc>> {
+    const TWENTY_YEARS: i64 = 20 * 366 * 86_400;
+    let (min, max) = (
+        DateTime::<Utc>::MIN_UTC.timestamp(),
+        DateTime::<Utc>::MAX_UTC.timestamp(),
+    );
+    prop_oneof![
+        min..=max,
+        min..=min + TWENTY_YEARS,
+        max - TWENTY_YEARS..=max,
+    ]
+    .prop_map(|s| DateTime::from_timestamp(s, 0).unwrap_or_default())
+}
+
+fn any_status() -> impl Strategy<Value = AlertStatus> {
+    prop::sample::select(vec![
+        AlertStatus::Pending,
+        AlertStatus::Sent,
+        AlertStatus::Retry,
+        AlertStatus::Failed,
+        AlertStatus::Expired,
+    ])
+}
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2_000))]
@@ -68,6 +98,53 @@ proptest! {
             let dotted = key.to_lowercase().replace("__", ".");
             let text = e.to_string();
             prop_assert!(text.contains(&dotted), "{} does not name {}", text, dotted);
+        }
+    }
+
+    /// Issue 13, finding 5: `COOLDOWN=300000y` passed the check and then panicked the sweep.
+    /// Any duration the loader accepts, at any instant, through every date computation a
+    /// sweep makes (cutoffs, the claim decision, give-up, the lease) never panics.
+    #[test]
+    fn every_accepted_duration_is_safe_at_any_instant(
+        key in prop::sample::select(vec![
+            "ALERT__COOLDOWN", "DELIVERY__CLAIM_TIMEOUT", "DELIVERY__GIVE_UP_AFTER",
+            "DELIVERY__TIMEOUT", "DELIVERY__RETRY_INITIAL_BACKOFF", "DELIVERY__RETRY_MAX_BACKOFF",
+            "SHUTDOWN__GRACE", "DATABASE__BUSY_TIMEOUT",
+        ]),
+        amount in prop_oneof![0u64..1000, any::<u64>()],
+        unit in prop::sample::select(vec!["ns", "ms", "s", "m", "h", "d", "w", "M", "y"]),
+        now in any_instant(),
+        created_at in any_instant(),
+        claimed_at in any_instant(),
+        status in any_status(),
+    ) {
+        let env = HashMap::from([(format!("BALANCE_ALERT__{key}"), format!("{amount}{unit}"))]);
+        match config::load(&Sources { files: Vec::new(), env: Some(env) }) {
+            Ok(loaded) => {
+                let cutoffs = loaded.rules.cutoffs(now);
+                let record = AlertRecord {
+                    id: AlertId::from_stored("a"),
+                    account_id: AccountId::new("b"),
+                    channel: ChannelName::new("console"),
+                    status,
+                    attempts: 1,
+                    created_at,
+                    claimed_at,
+                    sent_at: Some(claimed_at),
+                    contact: Some("x@example.com".into()),
+                };
+                let _ = cutoffs.decide("x@example.com", [&record]);
+                let _ = cutoffs.after_transient_failure(created_at);
+                let timeout = loaded.settings.delivery.timeout;
+                let lease = Lease::new(loaded.settings.delivery.claim_timeout);
+                lease.hold([&record.id], claimed_at);
+                let _ = lease.may_start(&record.id, now, timeout);
+                let _ = Lease::renew_every(loaded.settings.delivery.claim_timeout, timeout);
+            }
+            Err(e) => {
+                let dotted = key.to_lowercase().replace("__", ".");
+                prop_assert!(e.to_string().contains(&dotted), "{} does not name {}", e, dotted);
+            }
         }
     }
 }
