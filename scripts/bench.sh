@@ -7,6 +7,8 @@
 #   BENCH_RUNS=5 scripts/bench.sh     sweeps and baselines per size and backend (default 3;
 #                                     this shared 2-core VM varies by up to 30% run to run)
 #
+#   BENCH_BACKENDS="sqlite postgres"  a subset of: sqlite postgres pg-durable (default: all)
+#
 # For each N and backend (10% of the accounts below the 50.00 threshold, random UUID ids):
 #   first_s     first sweep, console channel to /dev/null
 #   deliv/s     its deliveries per second
@@ -29,16 +31,27 @@ READY_LINES=(); RUN_LINES=()
 
 cargo build --release --locked -q
 cargo build --release --locked -q --example bench_receiver
-BIN=$PWD/target/release/balance-alertd
-RECEIVER=$PWD/target/release/examples/bench_receiver
+# Wherever cargo puts its output ($CARGO_TARGET_DIR, a workspace setting): cargo knows.
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+BIN=$TARGET_DIR/release/balance-alertd
+RECEIVER=$TARGET_DIR/release/examples/bench_receiver
 WORK=$(mktemp -d /tmp/balance-alert-bench.XXXXXX)
 cleanup() {
   rm -rf "$WORK"
   if [[ -n "${PG_TEST_ROOT:-}" ]]; then scripts/pg.sh stop "$PG_TEST_ROOT"; fi
+  if [[ -n "${DURABLE_ROOT:-}" ]]; then scripts/pg.sh stop "$DURABLE_ROOT"; fi
 }
 trap cleanup EXIT
 if [[ -z "${BALANCE_ALERT_TEST_PG_URL:-}" ]]; then eval "$(scripts/pg.sh start)"; fi
 PG_ADMIN=$BALANCE_ALERT_TEST_PG_URL
+# pg-durable: a second, throwaway server with production durability (every commit waits for
+# its WAL flush to disk), where the number of commits a sweep makes is what costs.
+BACKENDS=(${BENCH_BACKENDS:-sqlite postgres pg-durable})
+if [[ " ${BACKENDS[*]} " == *" pg-durable "* ]]; then
+  DURABLE_ENV=$(PG_DURABLE=1 scripts/pg.sh start)
+  DURABLE_ROOT=$(sed -n 's/^export PG_TEST_ROOT=//p' <<<"$DURABLE_ENV")
+  DURABLE_ADMIN=$(sed -n 's/^export BALANCE_ALERT_TEST_PG_URL=//p' <<<"$DURABLE_ENV")
+fi
 
 config() { # URL [extra toml]
   printf '[database]\nurl = "%s"\n[log]\ndir = "%s/logs"\n%s\n' "$1" "$WORK" "${2:-}" >"$WORK/config.toml"
@@ -161,14 +174,15 @@ webhook() { # -> deliveries per second (and checks the receiver saw every one)
   echo "$sent / $wall" | bc
 }
 
-printf '%-8s %9s %9s %8s %8s %10s %7s %11s %6s %10s\n' backend accounts eligible first_s deliv/s resweep_s rss_mb bare_sql_s ratio webhook/s
+printf '%-10s %9s %9s %8s %8s %10s %7s %11s %6s %10s\n' backend accounts eligible first_s deliv/s resweep_s rss_mb bare_sql_s ratio webhook/s
 for n in "${SIZES[@]}"; do
-  for backend in sqlite postgres; do
+  for backend in "${BACKENDS[@]}"; do
     if [[ $backend == sqlite ]]; then
       rm -f "$WORK"/bench.db*; target=$WORK/bench.db; url="sqlite://$target?mode=rwc"
     else
-      name="bench_$n"; psql -q "$PG_ADMIN" -c "DROP DATABASE IF EXISTS $name" -c "CREATE DATABASE $name" 2>/dev/null
-      url="${PG_ADMIN%/*}/$name"; target=$url
+      admin=$PG_ADMIN; [[ $backend == pg-durable ]] && admin=$DURABLE_ADMIN
+      name="bench_$n"; psql -q "$admin" -c "DROP DATABASE IF EXISTS $name" -c "CREATE DATABASE $name" 2>/dev/null
+      url="${admin%/*}/$name"; target=$url
     fi
     config "$url"
     "$BIN" -c "$WORK/config.toml" migrate >/dev/null
@@ -193,7 +207,7 @@ for n in "${SIZES[@]}"; do
     done
     reset_alerts "$backend" "$target"; hook=$(webhook "$url")
     wall1=$(median "${firsts[@]}"); wall2=$(median "${resweeps[@]}"); base=$(median "${bases[@]}")
-    printf '%-8s %9s %9s %8s %8s %10s %7s %11.2f %6.2f %10s\n' "$backend" "$n" "$sent" "$wall1" \
+    printf '%-10s %9s %9s %8s %8s %10s %7s %11.2f %6.2f %10s\n' "$backend" "$n" "$sent" "$wall1" \
       "$(echo "$sent / $wall1" | bc)" "$wall2" "$peak" "$base" "$(echo "$wall1 / $base" | bc -l)" "$hook"
     RUN_LINES+=("$backend $n: first $(printf '%.2f ' "${firsts[@]}")| re-sweep $(printf '%.2f ' "${resweeps[@]}")| bare SQL $(printf '%.2f ' "${bases[@]}")")
     if [[ $n == "${SIZES[-1]}" ]]; then

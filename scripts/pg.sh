@@ -5,6 +5,10 @@
 #   scripts/pg.sh stop "$PG_TEST_ROOT"
 #   scripts/pg.sh pause ROOT / resume ROOT   # stop and restart the server, keeping its data
 #
+# The tests' server trades durability for speed (fsync, synchronous_commit and
+# full_page_writes off). PG_DURABLE=1 starts one configured as production servers are
+# (PostgreSQL's defaults: every commit waits for its WAL flush); the benchmark measures both.
+#
 # Works as root (initdb and postgres refuse to run as root, so they run as the `postgres`
 # system user, created if missing) and as an ordinary user. Finds the server binaries with
 # `pg_config --bindir` or under /usr/lib/postgresql/*/bin. Exits 3 if there are none.
@@ -27,6 +31,13 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
+# The durability flags, remembered in ROOT so that `resume` restarts the same kind of server.
+server_flags() { # ROOT
+  if [[ ! -f "$1/durable" && "${PG_DURABLE:-}" == 1 ]]; then touch "$1/durable"; fi
+  if [[ -f "$1/durable" ]]; then echo "-c fsync=on -c synchronous_commit=on -c full_page_writes=on"
+  else echo "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"; fi
+}
+
 as_pg() {
   if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
@@ -44,7 +55,7 @@ start() {
   (cd "$root" && as_pg "$bindir/initdb" -D "$root/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$root/initdb.log" 2>&1) \
     || { echo "pg.sh: initdb failed:" >&2; cat "$root/initdb.log" >&2; exit 1; }
   (cd "$root" && as_pg "$bindir/pg_ctl" -D "$root/data" -l "$root/pg.log" -w -t 60 \
-    -o "-p $port -k $root -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" start >/dev/null) \
+    -o "-p $port -k $root -c listen_addresses=127.0.0.1 $(server_flags "$root") -c max_connections=300" start >/dev/null) \
     || { echo "pg.sh: server did not start:" >&2; cat "$root/pg.log" >&2; exit 1; }
   echo "$port" >"$root/port"
   echo "export BALANCE_ALERT_TEST_PG_URL=postgres://postgres@127.0.0.1:$port/postgres"
@@ -72,7 +83,7 @@ resume() {
   bindir=${PG_TEST_BINDIR:-$(find_bindir)}
   port=$(cat "$root/port")
   (cd "$root" && as_pg "$bindir/pg_ctl" -D "$root/data" -l "$root/pg.log" -w -t 60 \
-    -o "-p $port -k $root -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" start >/dev/null)
+    -o "-p $port -k $root -c listen_addresses=127.0.0.1 $(server_flags "$root") -c max_connections=300" start >/dev/null)
 }
 
 case "${1:-}" in
