@@ -4,6 +4,7 @@
 
 mod commands;
 mod demo;
+mod ownership;
 
 use std::io::Write;
 use std::process::ExitCode;

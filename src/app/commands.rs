@@ -24,6 +24,12 @@ pub async fn dispatch(
     config: LoadedConfig,
     sources: Sources,
 ) -> Result<ExitCode, AppError> {
+    if matches!(
+        command,
+        Command::Run | Command::Sweep { .. } | Command::Check { .. } | Command::Migrate { .. }
+    ) {
+        super::ownership::refuse_root_on_service_files(&config)?;
+    }
     match command {
         Command::Run => run(config, sources).await,
         Command::Sweep { json } => sweep(&config, json).await,

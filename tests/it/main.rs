@@ -10,6 +10,7 @@ mod faults;
 mod field;
 mod helpers;
 mod hostile;
+mod operations;
 mod process;
 mod properties;
 mod receiver;
