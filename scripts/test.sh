@@ -32,4 +32,13 @@ if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
   python3 -m pip install --quiet --root-user-action=ignore aiosmtpd
 fi
 
+# promtool checks the live /metrics page and the shipped alerting rules.
+if [[ -z "${PROMTOOL:-}" ]]; then
+  if PROMTOOL=$(scripts/promtool.sh); then export PROMTOOL
+  else
+    echo "test.sh: NO PROMTOOL: the promtool checks will be SKIPPED." >&2
+    if [[ "${CI:-}" == "true" ]]; then echo "test.sh: CI=true and no promtool: failing." >&2; exit 1; fi
+  fi
+fi
+
 cargo test --workspace --locked "$@"

@@ -109,6 +109,15 @@ fn validate(settings: Settings) -> Result<LoadedConfig, ConfigError> {
     validate_cron(&settings.schedule.cron)?;
     validate_notify(&settings)?;
     validate_delivery(&settings)?;
+    let listen = &settings.metrics.listen;
+    if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(invalid(
+            "metrics.listen",
+            format!(
+                "{listen:?} is not an address and port like \"127.0.0.1:9464\" (\"\" disables)"
+            ),
+        ));
+    }
     tracing_subscriber::EnvFilter::try_new(&settings.log.level).map_err(|e| {
         invalid(
             "log.level",

@@ -25,6 +25,7 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub log: LogSettings,
     pub shutdown: ShutdownSettings,
+    pub metrics: MetricsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -174,6 +175,20 @@ pub struct LogSettings {
     pub dir: PathBuf,
     pub rotation: LogRotation,
     pub max_files: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// `host:port` of `/metrics`, `/healthz`, `/readyz` (the daemon only); `""` disables.
+    pub listen: String,
+}
+
+impl MetricsSettings {
+    /// The address to serve on; `None` when disabled. Validated at load time.
+    pub fn address(&self) -> Option<std::net::SocketAddr> {
+        self.listen.parse().ok()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -4,6 +4,7 @@
 //!
 //! Shutdown is a stream passed in (mini-redis style) so tests drive the daemon directly.
 
+mod http;
 mod runner;
 pub mod signals;
 mod systemd;
@@ -23,7 +24,9 @@ use crate::app::{AppError, build_context_with_clock, open_store};
 use crate::config::{self, LoadedConfig, Sources};
 use crate::domain::ports::{AuditLog, Clock};
 use crate::infrastructure::db::SeaOrmStore;
+use crate::infrastructure::metrics::{MeteredAuditLog, Metrics};
 use crate::infrastructure::notify::ConsoleOut;
+use tokio_util::sync::CancellationToken;
 
 /// What the outside world asks of a running daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +56,9 @@ pub struct Daemon {
     scheduler: JobScheduler,
     job: Uuid,
     systemd: Systemd,
+    metrics: Arc<Metrics>,
+    /// Stops the metrics endpoint once the daemon has drained.
+    stop_serving: CancellationToken,
 }
 
 impl Daemon {
@@ -66,15 +72,19 @@ impl Daemon {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AppError> {
         let store = open_store(&config).await?;
+        let metrics = Arc::new(
+            Metrics::new(&config.settings.notify.channels)
+                .map_err(|e| AppError::Runtime(anyhow::anyhow!("cannot set up metrics: {e}")))?,
+        );
         let adapters = Adapters {
             store,
-            audit,
+            audit: Arc::new(MeteredAuditLog::new(audit, metrics.clone())),
             console,
             clock,
         };
         let context = adapters.context(&config)?;
         let systemd = Systemd::connect();
-        let runner = Arc::new(SweepRunner::new(context, systemd.clone()));
+        let runner = Arc::new(SweepRunner::new(context, systemd.clone(), metrics.clone()));
         let scheduler = JobScheduler::new().await.map_err(scheduler_error)?;
         let job = scheduler
             .add(sweep_job(&config.settings.schedule.cron, &runner)?)
@@ -88,6 +98,8 @@ impl Daemon {
             scheduler,
             job,
             systemd,
+            metrics,
+            stop_serving: CancellationToken::new(),
         })
     }
 
@@ -101,6 +113,7 @@ impl Daemon {
         mut self,
         mut control: impl Stream<Item = Control> + Unpin,
     ) -> Result<(), AppError> {
+        self.serve_metrics().await;
         self.scheduler.start().await.map_err(scheduler_error)?;
         if self.config.settings.schedule.run_on_start {
             self.runner.trigger("start-up");
@@ -122,6 +135,28 @@ impl Daemon {
         }
         self.drain(control).await;
         Ok(())
+    }
+
+    /// Starts `/metrics`, `/healthz`, `/readyz` when `metrics.listen` is set. An address that
+    /// cannot be bound is an ERROR, not a failed start: alerts matter more than monitoring,
+    /// and Prometheus sees the target down.
+    async fn serve_metrics(&self) {
+        let Some(addr) = self.config.settings.metrics.address() else {
+            return;
+        };
+        match http::bind(addr).await {
+            Ok(listener) => http::spawn(
+                listener,
+                self.metrics.clone(),
+                self.adapters.store.clone(),
+                self.stop_serving.clone(),
+            ),
+            Err(e) => error!(
+                %addr,
+                error = %e,
+                "Cannot serve metrics (metrics.listen); running without /metrics, /healthz and /readyz."
+            ),
+        }
     }
 
     async fn drain(mut self, mut control: impl Stream<Item = Control> + Unpin) {
@@ -154,6 +189,7 @@ impl Daemon {
                 );
             }
         }
+        self.stop_serving.cancel();
         info!("Stopped.");
         self.systemd.flush(Duration::from_millis(500));
     }
@@ -162,7 +198,9 @@ impl Daemon {
     async fn reload(&mut self) {
         self.systemd.reloading();
         info!("Reloading configuration.");
-        match self.try_reload().await {
+        let result = self.try_reload().await;
+        self.metrics.reloaded(result.is_ok());
+        match result {
             Ok(()) => info!(
                 threshold = %self.config.settings.alert.threshold,
                 cooldown = %humantime::format_duration(self.config.settings.alert.cooldown),
@@ -197,6 +235,7 @@ impl Daemon {
             self.job = id;
         }
         self.runner.replace_context(context);
+        self.metrics.add_channels(&new.settings.notify.channels);
         self.config = new;
         Ok(())
     }

@@ -11,6 +11,7 @@ use tracing::{debug, error, info, warn};
 use super::systemd::Systemd;
 use crate::application::AlertContext;
 use crate::application::sweep::{BulkBalanceAlert, SweepError, SweepSummary};
+use crate::infrastructure::metrics::{Metrics, SweepResult};
 
 pub struct SweepRunner {
     /// The settings the next sweep starts with; SIGHUP swaps them.
@@ -24,6 +25,7 @@ pub struct SweepRunner {
     started: AtomicU64,
     skipped: AtomicU64,
     systemd: Systemd,
+    metrics: Arc<Metrics>,
 }
 
 /// How many sweeps started and how many ticks were skipped because one was running.
@@ -34,7 +36,7 @@ pub struct RunnerStats {
 }
 
 impl SweepRunner {
-    pub fn new(context: AlertContext, systemd: Systemd) -> Self {
+    pub fn new(context: AlertContext, systemd: Systemd, metrics: Arc<Metrics>) -> Self {
         Self {
             context: RwLock::new(Arc::new(context)),
             running: Arc::new(tokio::sync::Mutex::new(())),
@@ -44,6 +46,7 @@ impl SweepRunner {
             started: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             systemd,
+            metrics,
         }
     }
 
@@ -79,13 +82,18 @@ impl SweepRunner {
     fn finished(&self, result: Result<SweepSummary, SweepError>) {
         match result {
             Ok(summary) => {
+                self.metrics
+                    .sweep_finished(SweepResult::Success, Some(&summary));
                 self.systemd.status(&format!("last {summary}"));
                 *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(summary);
             }
             Err(SweepError::Abandoned(partial)) => {
+                self.metrics
+                    .sweep_finished(SweepResult::Abandoned, Some(&partial));
                 warn!(%partial, "Sweep abandoned at shutdown; its unsent claims expire and are retried by a later run.");
             }
             Err(SweepError::Store(e)) => {
+                self.metrics.sweep_finished(SweepResult::Failure, None);
                 error!(
                     error = format!("{e:#}"),
                     "Sweep failed; the next tick tries again."

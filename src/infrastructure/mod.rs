@@ -4,4 +4,5 @@ pub mod audit;
 pub mod clock;
 pub mod db;
 pub mod memory;
+pub mod metrics;
 pub mod notify;

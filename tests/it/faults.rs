@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use sea_orm::ConnectionTrait;
 
-use crate::helpers::{Backend, TestApp, read_json_lines};
+use crate::helpers::{Backend, TestApp, http_get, read_json_lines, sample};
 use crate::process::{BIN, DaemonProcess};
 use crate::receiver::Receiver;
 
@@ -270,17 +270,22 @@ async fn a_database_outage_is_reported_survived_and_recovered_without_loss_or_du
     };
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let extra = "[delivery]\ntimeout = \"1s\"\nclaim_timeout = \"3s\"";
+    let port = crate::channels::free_port();
+    let ready = format!("http://127.0.0.1:{port}/readyz");
+    let extra = format!(
+        "[delivery]\ntimeout = \"1s\"\nclaim_timeout = \"3s\"\n[metrics]\nlisten = \"127.0.0.1:{port}\""
+    );
     let config = write_config_with(
         dir.path(),
         &server.url,
         "connect_timeout = \"1s\"",
         &receiver,
         8,
-        extra,
+        &extra,
     );
     let mut daemon = DaemonProcess::start(dir.path(), &config, &[]);
     daemon.wait_for_note("READY=1", SECONDS_10);
+    assert_eq!(http_get(&ready).await.0, 200);
     let insert = |n: u64| {
         let url = server.url.clone();
         async move {
@@ -306,6 +311,17 @@ async fn a_database_outage_is_reported_survived_and_recovered_without_loss_or_du
         .trim_start_matches("postgres://postgres@")
         .to_owned();
     daemon.wait_for_output("database unavailable", 1, SECONDS_10);
+    let (status, reason) = http_get(&ready).await;
+    assert_eq!(status, 503, "/readyz while the database is down: {reason}");
+    assert!(
+        reason.contains(&database),
+        "the reason names the database: {reason}"
+    );
+    let (_, page) = http_get(&ready.replace("readyz", "metrics")).await;
+    assert!(
+        sample(&page, "balance_alertd_sweeps_total{result=\"failure\"}").unwrap_or(0.0) >= 1.0,
+        "{page}"
+    );
     assert!(
         daemon.output().contains(&database),
         "the error names the database:\n{}",
@@ -325,6 +341,7 @@ async fn a_database_outage_is_reported_survived_and_recovered_without_loss_or_du
     );
 
     server.run("resume");
+    wait_until_ready(&ready).await;
     insert(30).await;
     wait_until(
         "the second wave after recovery",
@@ -504,4 +521,12 @@ async fn sighup_and_sigterm_during_a_100000_delivery_sweep_keep_every_count_equa
     assert!(audit.iter().all(|l| l["event"] == "alert_sent"));
     assert_eq!(receiver.total_delivered(), 100_000);
     assert_eq!(receiver.delivered().len(), 100_000);
+}
+
+async fn wait_until_ready(url: &str) {
+    let deadline = Instant::now() + SECONDS_10;
+    while http_get(url).await.0 != 200 {
+        assert!(Instant::now() < deadline, "{url} did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -418,3 +418,46 @@ impl Write for FlakyOut {
         Ok(())
     }
 }
+
+/// `GET url` on loopback: status and body (the daemon's /metrics, /healthz, /readyz).
+pub async fn http_get(url: &str) -> (u16, String) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let response = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .expect("http client")
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("body"))
+}
+
+/// The value of one sample of a Prometheus text page, e.g.
+/// `balance_alertd_deliveries_total{channel="console",outcome="sent"}`.
+pub fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// `promtool` from `$PROMTOOL` (scripts/test.sh provides it); `None` (skipped, loudly)
+/// outside CI when there is none.
+pub fn promtool() -> Option<String> {
+    match std::env::var("PROMTOOL") {
+        Ok(path) if !path.is_empty() => Some(path),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "PROMTOOL is not set under CI=true (scripts/test.sh sets it)"
+            );
+            eprintln!("SKIPPED: promtool checks (PROMTOOL not set; scripts/test.sh sets it)");
+            None
+        }
+    }
+}

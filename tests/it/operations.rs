@@ -1,11 +1,13 @@
 //! Issue 12's findings that need no service manager: journal priorities, an operator's
-//! command run as root against the service's files, the unit's honest reload.
+//! command run as root against the service's files, the unit's honest reload, metrics and
+//! health endpoints.
 
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use crate::helpers::{Backend, NewAccount, TestApp};
-use crate::process::BIN;
+use crate::helpers::{Backend, NewAccount, TestApp, http_get, promtool, sample};
+use crate::process::{BIN, DaemonProcess};
 
 /// Runs `sweep` with stdout going to a file that `$JOURNAL_STREAM` names (`matching`) or
 /// names wrongly, as systemd sets it for a service logging to the journal; returns stdout.
@@ -192,4 +194,109 @@ fn the_unit_checks_the_configuration_before_it_signals_a_reload() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("alert.threshold"));
+}
+
+/// SPEC §8b: the counters equal what the sweeps did; the page passes `promtool check
+/// metrics`; the shipped rules pass `promtool check rules`; /healthz and /readyz answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_the_sweeps_did_and_pass_promtool() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    for i in 0..3 {
+        app.insert_account(NewAccount::new(&format!("ok{i}@example.com"), 100))
+            .await;
+    }
+    for i in 0..2 {
+        app.insert_account(NewAccount::new(&format!("broken-{i}"), 100))
+            .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::channels::free_port();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nurl = \"{}\"\n[log]\ndir = \"{}\"\n[schedule]\ncron = \"* * * * * *\"\n\
+             [metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+            app.db.url,
+            dir.path().join("logs").display()
+        ),
+    )
+    .unwrap();
+    let mut daemon = DaemonProcess::start(dir.path(), &config, &[]);
+    daemon.wait_for_note("READY=1", Duration::from_secs(10));
+    daemon.wait_for_output("Sweep finished.", 2, Duration::from_secs(10));
+    let base = format!("http://127.0.0.1:{port}");
+
+    let (status, page) = http_get(&format!("{base}/metrics")).await;
+    assert_eq!(status, 200);
+    let series = |s: &str| sample(&page, s).unwrap_or_else(|| panic!("no {s} in:\n{page}"));
+    assert_eq!(
+        series("balance_alertd_deliveries_total{channel=\"console\",outcome=\"sent\"}"),
+        3.0
+    );
+    assert_eq!(
+        series("balance_alertd_deliveries_total{channel=\"console\",outcome=\"failed\"}"),
+        2.0,
+        "permanent failures, counted once: later sweeps do not attempt them"
+    );
+    assert!(series("balance_alertd_sweeps_total{result=\"success\"}") >= 2.0);
+    assert_eq!(series("balance_alertd_accounts_below_threshold"), 5.0);
+    assert!(series("balance_alertd_last_sweep_success_timestamp_seconds") > 1.7e9);
+    assert_eq!(series("balance_alertd_config_last_reload_successful"), 1.0);
+    assert!(page.contains("balance_alertd_sweep_duration_seconds_count"));
+    assert!(page.contains("balance_alertd_deferred_total"));
+    assert!(page.contains("balance_alertd_build_info{version=\""));
+
+    assert_eq!(http_get(&format!("{base}/healthz")).await.0, 200);
+    assert_eq!(http_get(&format!("{base}/readyz")).await.0, 200);
+
+    // A rejected reload shows.
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{good}[alert]\nthreshold = \"abc\"\n")).unwrap();
+    daemon.signal("HUP");
+    daemon.wait_for_output("Reload rejected", 1, Duration::from_secs(5));
+    let (_, page) = http_get(&format!("{base}/metrics")).await;
+    assert_eq!(
+        sample(&page, "balance_alertd_config_last_reload_successful"),
+        Some(0.0)
+    );
+
+    if let Some(promtool) = promtool() {
+        let mut check = Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut check.stdin.take().unwrap(), page.as_bytes()).unwrap();
+        let out = check.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rules = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/systemd/balance-alertd.rules.yml"
+        );
+        let out = Command::new(&promtool)
+            .args(["check", "rules", rules])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check rules: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    daemon.signal("TERM");
+    assert_eq!(
+        daemon
+            .wait_exit(Duration::from_secs(10))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
 }

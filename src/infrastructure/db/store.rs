@@ -67,6 +67,15 @@ impl SeaOrmStore {
     pub fn connection(&self) -> &DatabaseConnection {
         &self.conns.db
     }
+
+    /// Whether the database answers (`/readyz`); the error names the database.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.conns
+            .db
+            .ping()
+            .await
+            .map_err(self.conns.err("cannot reach the database"))
+    }
 }
 
 /// Copies the WAL into the database file once no write transaction has committed for
