@@ -71,7 +71,8 @@ impl Daemon {
         console: ConsoleOut,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AppError> {
-        let store = open_store(&config).await?;
+        let systemd = Systemd::connect();
+        let store = systemd.extend_during(open_store(&config)).await?;
         let metrics = Arc::new(
             Metrics::new(&config.settings.notify.channels)
                 .map_err(|e| AppError::Runtime(anyhow::anyhow!("cannot set up metrics: {e}")))?,
@@ -83,7 +84,6 @@ impl Daemon {
             clock,
         };
         let context = adapters.context(&config)?;
-        let systemd = Systemd::connect();
         let runner = Arc::new(SweepRunner::new(context, systemd.clone(), metrics.clone()));
         let scheduler = JobScheduler::new().await.map_err(scheduler_error)?;
         let job = scheduler
@@ -160,8 +160,10 @@ impl Daemon {
     }
 
     async fn drain(mut self, mut control: impl Stream<Item = Control> + Unpin) {
-        self.systemd.stopping();
         let grace = self.config.settings.shutdown.grace;
+        // The grace, the time to record an abandoned sweep's outcomes, and a margin to flush.
+        self.systemd
+            .stopping(grace + ABANDON_RECORD_LIMIT + Duration::from_secs(5));
         info!(grace = %humantime::format_duration(grace), "Shutting down: no new sweeps; the running one may finish within the grace period.");
         self.runner.close();
         if let Err(e) = self.scheduler.shutdown().await {

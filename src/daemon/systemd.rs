@@ -1,4 +1,6 @@
-//! systemd notifications (`Type=notify`): READY, RELOADING, STOPPING, WATCHDOG and STATUS.
+//! systemd notifications (`Type=notify`): READY, RELOADING, STOPPING, WATCHDOG, STATUS and
+//! EXTEND_TIMEOUT_USEC (start-up work and a drain that outlast the unit's timeouts extend
+//! them instead of being killed).
 //!
 //! Messages go through a small queue to a thread of their own, because `sd_notify` sends on
 //! a blocking socket: when nobody reads NOTIFY_SOCKET (a stuck or misconfigured manager),
@@ -14,6 +16,14 @@ use tracing::debug;
 
 /// Messages waiting for the notifier thread.
 const QUEUE: usize = 64;
+
+/// How often start-up work renews its extension of the start timeout (each for three times
+/// this, so one late renewal does not end it).
+const EXTEND_EVERY: Duration = Duration::from_secs(10);
+
+fn extend_timeout(by: Duration) -> String {
+    format!("EXTEND_TIMEOUT_USEC={}", by.as_micros())
+}
 
 /// Talks to the service manager through `NOTIFY_SOCKET`, never blocking the caller.
 #[derive(Debug, Clone)]
@@ -97,8 +107,34 @@ impl Systemd {
         self.send(lines);
     }
 
-    pub fn stopping(&self) {
-        self.send(vec!["STOPPING=1".into(), "STATUS=stopping".into()]);
+    /// Shutdown has begun and may take up to `drain`: systemd's stop timeout is extended to
+    /// that (whatever `TimeoutStopSec` says), so `shutdown.grace` is honoured, not cut short.
+    pub fn stopping(&self, drain: Duration) {
+        self.send(vec![
+            "STOPPING=1".into(),
+            extend_timeout(drain),
+            "STATUS=stopping".into(),
+        ]);
+    }
+
+    /// Runs `work` (start-up: connecting, migrating), extending systemd's start timeout every
+    /// [`EXTEND_EVERY`] while it runs, so a long migration is not killed by `TimeoutStartSec`.
+    pub async fn extend_during<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        if self.queue.is_none() {
+            return work.await;
+        }
+        let mut work = std::pin::pin!(work);
+        let mut every = tokio::time::interval(EXTEND_EVERY);
+        loop {
+            tokio::select! {
+                // The first tick is immediate: the extension is sent before any work.
+                biased;
+                _ = every.tick() => {
+                    self.send(vec![extend_timeout(EXTEND_EVERY * 3), "STATUS=starting: connecting and migrating".into()]);
+                }
+                done = &mut work => return done,
+            }
+        }
     }
 
     pub fn status(&self, status: &str) {

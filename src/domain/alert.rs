@@ -76,6 +76,15 @@ pub enum AlertStatus {
 }
 
 impl AlertStatus {
+    /// Every status (the schema's CHECK constraint lists the same).
+    pub const ALL: [Self; 5] = [
+        Self::Pending,
+        Self::Sent,
+        Self::Retry,
+        Self::Failed,
+        Self::Expired,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
@@ -87,15 +96,7 @@ impl AlertStatus {
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [
-            Self::Pending,
-            Self::Sent,
-            Self::Retry,
-            Self::Failed,
-            Self::Expired,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
     }
 
     /// Open alerts hold their account and channel: at most one per pair (a unique index).

@@ -42,6 +42,8 @@ async fn daemon_reports_ready_and_alerts_accounts_inserted_while_it_runs() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &app.db.url, "", "");
     let mut daemon = DaemonProcess::start(dir.path(), &config, &[]);
+    // Start-up (connect, migrate) extends systemd's start timeout while it runs.
+    daemon.wait_for_note("EXTEND_TIMEOUT_USEC=30000000", SECONDS_10);
     daemon.wait_for_note("READY=1", SECONDS_10);
 
     app.insert_account(NewAccount::new("late@example.com", 1_000))
@@ -57,6 +59,11 @@ async fn daemon_reports_ready_and_alerts_accounts_inserted_while_it_runs() {
 
     daemon.signal("TERM");
     daemon.wait_for_note("STOPPING=1", SECONDS_5);
+    assert!(
+        daemon.last_note().contains("EXTEND_TIMEOUT_USEC=36000000"),
+        "the stop timeout is extended to shutdown.grace (30 s) + 6 s: {}",
+        daemon.last_note()
+    );
     let status = daemon.wait_exit(SECONDS_5).expect("exits after SIGTERM");
     assert_eq!(status.code(), Some(0));
     let audit = read_json_lines(dir.path().join("logs/audit.log"));

@@ -59,8 +59,9 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// `None` when PostgreSQL is not configured outside CI (the test is then skipped with a
-    /// loud message); under `CI=true` a missing PostgreSQL fails the test.
+    /// A PostgreSQL test without a configured server fails ([`pg_admin_url`]): a test that
+    /// returned early would be reported as passed. (The `Option` is kept for the callers'
+    /// `let Some(..) else` shape.)
     pub async fn create(backend: Backend) -> Option<Self> {
         match backend {
             Backend::Sqlite => {

@@ -16,6 +16,7 @@ pub struct DaemonProcess {
     output: Arc<Mutex<String>>,
     notify: UnixDatagram,
     notes: Vec<String>,
+    last_note: Option<String>,
 }
 
 impl DaemonProcess {
@@ -60,6 +61,7 @@ impl DaemonProcess {
             output,
             notify,
             notes: Vec::new(),
+            last_note: None,
         }
     }
 
@@ -94,7 +96,7 @@ impl DaemonProcess {
                 .iter()
                 .position(|n| n.lines().any(|l| l.starts_with(needle)))
             {
-                self.notes.drain(..=i);
+                self.last_note = self.notes.drain(..=i).next_back();
                 return;
             }
             assert!(
@@ -107,6 +109,11 @@ impl DaemonProcess {
                     .push(String::from_utf8_lossy(&buf[..n]).into_owned());
             }
         }
+    }
+
+    /// The notification [`Self::wait_for_note`] found last (one datagram, all its lines).
+    pub fn last_note(&self) -> &str {
+        self.last_note.as_deref().unwrap_or_default()
     }
 
     pub fn signal(&self, signal: &str) {

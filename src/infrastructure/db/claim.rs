@@ -342,12 +342,19 @@ async fn take_over(
     for chunk in claims.chunks(ROWS_PER_CASE) {
         let mut update = Query::update();
         update.table(alert_logs::Entity);
-        let takeable = Condition::any()
-            .add(Expr::col(L::Status).eq(status_literal(AlertStatus::Retry)))
+        // `retry`, or `pending` not renewed since the cut-off, and (reclaim only) `failed`:
+        // written as exclusions, like `record::still_pending`, so that PostgreSQL looks the
+        // ids up by primary key instead of scanning the partial index of open alerts.
+        let mut not_takeable = vec![AlertStatus::Sent, AlertStatus::Expired];
+        if what == Takeover::Expire {
+            not_takeable.push(AlertStatus::Failed);
+        }
+        let takeable = Condition::all()
+            .add(Expr::col(L::Status).is_not_in(not_takeable.into_iter().map(status_literal)))
             .add(
                 Expr::col(L::Status)
-                    .eq(status_literal(AlertStatus::Pending))
-                    .and(Expr::col(L::ClaimedAt).lte(cutoffs.live_since)),
+                    .ne(status_literal(AlertStatus::Pending))
+                    .or(Expr::col(L::ClaimedAt).lte(cutoffs.live_since)),
             );
         match what {
             Takeover::Reclaim => {
@@ -373,9 +380,7 @@ async fn take_over(
                         L::Contact,
                         per_row(|c| Expr::val(c.account.contact()), L::Contact),
                     )
-                    .cond_where(
-                        takeable.add(Expr::col(L::Status).eq(status_literal(AlertStatus::Failed))),
-                    );
+                    .cond_where(takeable);
             }
             Takeover::Expire => {
                 update

@@ -172,9 +172,21 @@ impl Recorder {
 
 /// The fence of every write of a claim's holder: still `pending`, still this holder's.
 fn held_by(lease: &LeaseHolder) -> Expr {
-    Expr::col(L::Status)
-        .eq(status_literal(AlertStatus::Pending))
-        .and(Expr::col(L::ClaimedBy).eq(lease.as_str()))
+    still_pending().and(Expr::col(L::ClaimedBy).eq(lease.as_str()))
+}
+
+/// `status = 'pending'`, written as the exclusion of every other status (the CHECK
+/// constraint lists them all) so that it does not imply the predicate of the partial unique
+/// index on open alerts. When it does, PostgreSQL — without statistics on `alert_logs`, as in
+/// a fresh database's first sweep — ANDs a scan of that whole index (every open alert) into
+/// each fenced write instead of looking the ids up by primary key alone: 2.5 ms per 16-row
+/// UPDATE at 20,000 open alerts, and the 1M-account first sweep took 24.7 s instead of 5.2 s.
+pub(super) fn still_pending() -> Expr {
+    let others = AlertStatus::ALL
+        .into_iter()
+        .filter(|s| *s != AlertStatus::Pending)
+        .map(status_literal);
+    Expr::col(L::Status).is_not_in(others)
 }
 
 /// Runs a batch's statements and returns the rows they changed. The usual batch (every
