@@ -8,10 +8,6 @@
 #                                     this shared 2-core VM varies by up to 30% run to run)
 #
 #   BENCH_BACKENDS="sqlite postgres"  a subset of: sqlite postgres pg-durable (default: all)
-#   BENCH_AB=/path/to/other/balance-alertd
-#                                     also sweep with that binary (e.g. an earlier commit's
-#                                     release build), interleaved round by round on the same
-#                                     data, and print both medians: a fair before/after
 #
 # For each N and backend (10% of the accounts below the 50.00 threshold, random UUID ids):
 #   first_s     first sweep, console channel to /dev/null
@@ -31,7 +27,7 @@ cd "$(dirname "$0")/.."
 SIZES=("$@"); [[ ${#SIZES[@]} -gt 0 ]] || SIZES=(10000 100000 1000000)
 PORT=${BENCH_RECEIVER_PORT:-18080}
 RUNS=${BENCH_RUNS:-3}
-READY_LINES=(); RUN_LINES=(); AB_LINES=()
+READY_LINES=(); RUN_LINES=()
 
 cargo build --release --locked -q
 cargo build --release --locked -q --example bench_receiver
@@ -63,9 +59,9 @@ config() { # URL [extra toml]
 
 # Runs one sweep with its stdout (the console channel's alerts, the summary) going to
 # STDOUT (default /dev/null, as the performance issue specifies); prints "wall_s max_rss_mb".
-measure() { # [STDOUT] [BINARY]
-  local out=${1:-/dev/null} bin=${2:-$BIN} tv=$WORK/time.txt wall rss
-  /usr/bin/time -v "$bin" -c "$WORK/config.toml" sweep --json >"$out" 2>"$tv"
+measure() { # [STDOUT]
+  local out=${1:-/dev/null} tv=$WORK/time.txt wall rss
+  /usr/bin/time -v "$BIN" -c "$WORK/config.toml" sweep --json >"$out" 2>"$tv"
   wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,t,":"); s=0; for(i=1;i<=n;i++) s=s*60+t[i]; print s}' "$tv")
   rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.1f", $2/1024}' "$tv")
   echo "$wall $rss"
@@ -197,27 +193,15 @@ for n in "${SIZES[@]}"; do
     sync; sleep 1
     # RUNS rounds on the same accounts, each from an empty alert_logs: the medians go in the
     # table, every run's value in the log lines below it.
-    # With BENCH_AB, each round also runs that binary, in alternating order, on the same data.
-    firsts=(); resweeps=(); bases=(); ab_firsts=(); ab_resweeps=(); peak=0; fresh=1
+    firsts=(); resweeps=(); bases=(); peak=0
     for ((run = 1; run <= RUNS; run++)); do
-      order=(this); [[ -n ${BENCH_AB:-} ]] && { if ((run % 2)); then order=(ab this); else order=(this ab); fi; }
-      for which in "${order[@]}"; do
-        if ((!fresh)); then reset_alerts "$backend" "$target"; sync; sleep 1; fi
-        fresh=0
-        if [[ $which == ab ]]; then
-          read -r wall1 _ < <(measure /dev/null "$BENCH_AB"); read -r wall2 _ < <(measure /dev/null "$BENCH_AB")
-          ab_firsts+=("$wall1"); ab_resweeps+=("$wall2"); continue
-        fi
-        read -r wall1 rss1 < <(measure)
-        sent=$(count_sent "$backend" "$target")
-        read -r wall2 rss2 < <(measure)
-        firsts+=("$wall1"); resweeps+=("$wall2")
-        peak=$(printf '%s\n' "$peak" "$rss1" "$rss2" | sort -g | tail -n 1)
-      done
+      if ((run > 1)); then reset_alerts "$backend" "$target"; sync; sleep 1; fi
+      read -r wall1 rss1 < <(measure)
+      sent=$(count_sent "$backend" "$target")
+      read -r wall2 rss2 < <(measure)
+      firsts+=("$wall1"); resweeps+=("$wall2")
+      peak=$(printf '%s\n' "$peak" "$rss1" "$rss2" | sort -g | tail -n 1)
     done
-    if [[ -n ${BENCH_AB:-} ]]; then
-      AB_LINES+=("$backend $n: first $(median "${ab_firsts[@]}") -> $(median "${firsts[@]}") s, re-sweep $(median "${ab_resweeps[@]}") -> $(median "${resweeps[@]}") s  [A: $(printf '%.2f ' "${ab_firsts[@]}")| B: $(printf '%.2f ' "${firsts[@]}")]")
-    fi
     for ((run = 1; run <= RUNS; run++)); do
       reset_alerts "$backend" "$target"; bases+=("$(baseline "$backend" "$target")")
     done
@@ -239,7 +223,3 @@ done
 printf '%s\n' "${READY_LINES[@]}"
 echo "each run (seconds; the table shows the medians of $RUNS):"
 printf '  %s\n' "${RUN_LINES[@]}"
-if ((${#AB_LINES[@]})); then
-  echo "A/B, interleaved on the same data (A = $BENCH_AB, B = this tree), medians of $RUNS:"
-  printf '  %s\n' "${AB_LINES[@]}"
-fi
