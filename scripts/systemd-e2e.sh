@@ -87,8 +87,8 @@ wait_for 10 test -f $db || fail "no database"
 sqlite3 $db "INSERT INTO accounts (id, owner_email, owner_name, balance_minor) VALUES \
   ('11111111-1111-4111-8111-111111111111', 'low@example.com', 'Low', 100), \
   ('22222222-2222-4222-8222-222222222222', 'not-an-address', 'Bad', 100)"
-wait_for 10 bash -c "cat /var/log/balance-alert/audit*.log | grep -q '\"event\":\"alert_sent\".*low@example.com'" \
-  || fail "no alert_sent line for low@example.com"
+wait_for 10 bash -c "grep -q '\"event\":\"alert_sent\".*low@example.com' /var/log/balance-alert/audit.log" \
+  || fail "no alert_sent line for low@example.com in /var/log/balance-alert/audit.log"
 journalctl -u balance-alertd --no-pager | grep -q "Email -> low@example.com" || fail "no console delivery in the journal"
 wait_for 5 bash -c "journalctl -u balance-alertd -p warning --no-pager | grep -q 'Alert delivery failed'" \
   || fail "journalctl -p warning does not show the failed delivery"

@@ -199,7 +199,9 @@ impl Daemon {
     /// Applies a new configuration, or keeps the running one if the new one is invalid.
     async fn reload(&mut self) {
         self.systemd.reloading();
-        info!("Reloading configuration.");
+        // Whatever the new configuration holds: logrotate's postrotate relies on it.
+        self.adapters.audit.reopen();
+        info!("Reloading configuration and reopening the audit log.");
         let result = self.try_reload().await;
         self.metrics.reloaded(result.is_ok());
         match result {

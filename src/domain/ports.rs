@@ -158,4 +158,7 @@ pub trait AuditLog: Send + Sync {
     /// entries: when the writer is saturated it waits. Errors mean the entries could not be
     /// queued at all.
     fn record(&self, entries: &[AuditEntry]) -> Result<(), std::io::Error>;
+
+    /// Reopens the log file before the next line (SIGHUP: logrotate moved it away).
+    fn reopen(&self) {}
 }

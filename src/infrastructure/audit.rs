@@ -1,12 +1,23 @@
 //! `audit.log`: one JSON line per delivery outcome (SPEC §7), written off the hot path by
 //! tracing-appender's worker thread, never dropped, flushed when the guard is dropped.
+//!
+//! The current file is always `{dir}/audit.log`, so `tail -F .../audit.log` follows it
+//! whatever happens: with `log.rotation = "daily"` the first line of a new UTC day renames it
+//! to `audit.YYYY-MM-DD.log` (the day of its lines) and starts a new one, keeping
+//! `log.max_files` renamed files; on request ([`AuditLog::reopen`], SIGHUP) it is reopened,
+//! so logrotate may move it away. (tracing-appender's rolling appender names the current
+//! file by its date, and file-rotate appends the date after `.log`: neither gives SPEC's
+//! names, hence [`AuditFile`].)
 
+use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
+use chrono::{DateTime, NaiveDate, Utc};
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
-use tracing_appender::rolling::{RollingFileAppender, Rotation};
 
 use crate::config::LogRotation;
 use crate::domain::ports::{AuditEntry, AuditLog};
@@ -15,10 +26,16 @@ use crate::domain::ports::{AuditEntry, AuditLog};
 /// to bound memory under load, large enough that the writer thread rarely stalls a sweep.
 const QUEUE_LINES: usize = 4 * 1024;
 
-/// Writes audit entries as JSON Lines into `{dir}/audit.log` (or `audit.YYYY-MM-DD.log`).
+const CURRENT: &str = "audit.log";
+
+/// The time source of rotation (a fake one in tests).
+pub type Now = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// Writes audit entries as JSON Lines into `{dir}/audit.log`.
 #[derive(Clone)]
 pub struct JsonLinesAuditLog {
     writer: NonBlocking,
+    reopen: Arc<AtomicBool>,
 }
 
 impl JsonLinesAuditLog {
@@ -29,25 +46,26 @@ impl JsonLinesAuditLog {
         rotation: LogRotation,
         max_files: usize,
     ) -> anyhow::Result<(Self, WorkerGuard)> {
-        // The rolling appender complains about a missing directory; create it first.
+        Self::open_with_clock(dir, rotation, max_files, Arc::new(Utc::now))
+    }
+
+    pub fn open_with_clock(
+        dir: &Path,
+        rotation: LogRotation,
+        max_files: usize,
+        now: Now,
+    ) -> anyhow::Result<(Self, WorkerGuard)> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create audit log directory {}", dir.display()))?;
-        let builder = RollingFileAppender::builder()
-            .filename_prefix("audit")
-            .filename_suffix("log");
-        let builder = match rotation {
-            LogRotation::Never => builder.rotation(Rotation::NEVER),
-            LogRotation::Daily => builder.rotation(Rotation::DAILY).max_log_files(max_files),
-        };
-        let appender = builder
-            .build(dir)
+        let reopen = Arc::new(AtomicBool::new(false));
+        let file = AuditFile::open(dir, rotation, max_files, now, reopen.clone())
             .with_context(|| format!("cannot open the audit log in {}", dir.display()))?;
         let (writer, guard) = NonBlockingBuilder::default()
             .lossy(false)
             .buffered_lines_limit(QUEUE_LINES)
             .thread_name("audit-log")
-            .finish(appender);
-        Ok((Self { writer }, guard))
+            .finish(file);
+        Ok((Self { writer, reopen }, guard))
     }
 }
 
@@ -64,6 +82,124 @@ impl AuditLog for JsonLinesAuditLog {
         // per line (strace -c).
         self.writer.clone().write_all(&lines)
     }
+
+    fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
+    }
+}
+
+/// `{dir}/audit.log`, rotated by UTC day and reopened on request, before the write that
+/// needs it. Runs on the audit writer thread only.
+pub struct AuditFile {
+    dir: PathBuf,
+    rotation: LogRotation,
+    max_files: usize,
+    now: Now,
+    reopen: Arc<AtomicBool>,
+    file: File,
+    /// The UTC day of the lines in `audit.log` (daily rotation).
+    day: NaiveDate,
+}
+
+impl AuditFile {
+    fn open(
+        dir: &Path,
+        rotation: LogRotation,
+        max_files: usize,
+        now: Now,
+        reopen: Arc<AtomicBool>,
+    ) -> std::io::Result<Self> {
+        let path = dir.join(CURRENT);
+        // A file left by an earlier run holds the lines of the day it was last written.
+        let day = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .map(|t| DateTime::<Utc>::from(t).date_naive())
+            .unwrap_or_else(|_| now().date_naive());
+        let file = open_append(&path)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            rotation,
+            max_files,
+            now,
+            reopen,
+            file,
+            day,
+        })
+    }
+
+    fn before_write(&mut self) -> std::io::Result<()> {
+        if self.rotation == LogRotation::Daily {
+            let today = (self.now)().date_naive();
+            if today != self.day {
+                self.rotate(today)?;
+            }
+        }
+        if self.reopen.swap(false, Ordering::AcqRel) {
+            self.file = open_append(&self.dir.join(CURRENT))?;
+        }
+        Ok(())
+    }
+
+    /// Renames `audit.log` to `audit.{day}.log` and starts a new one. Should that name exist
+    /// already (a clock set back), the lines are appended to it: nothing is overwritten.
+    fn rotate(&mut self, today: NaiveDate) -> std::io::Result<()> {
+        self.file.flush()?;
+        let current = self.dir.join(CURRENT);
+        let rotated = self
+            .dir
+            .join(format!("audit.{}.log", self.day.format("%Y-%m-%d")));
+        if rotated.exists() {
+            let mut into = OpenOptions::new().append(true).open(&rotated)?;
+            std::io::copy(&mut File::open(&current)?, &mut into)?;
+            std::fs::remove_file(&current)?;
+        } else if current.exists() {
+            std::fs::rename(&current, &rotated)?;
+        }
+        self.file = open_append(&current)?;
+        self.day = today;
+        self.prune();
+        Ok(())
+    }
+
+    /// Keeps the newest `max_files` rotated files. A failure to delete is not worth losing a
+    /// line over: the next rotation tries again.
+    fn prune(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut rotated: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_prefix("audit.")?.strip_suffix(".log"))
+                    .is_some_and(|date| NaiveDate::parse_from_str(date, "%Y-%m-%d").is_ok())
+            })
+            .collect();
+        rotated.sort();
+        let excess = rotated.len().saturating_sub(self.max_files);
+        for old in &rotated[..excess] {
+            if let Err(e) = std::fs::remove_file(old) {
+                tracing::warn!(file = %old.display(), error = %e, "Cannot delete an old audit file.");
+            }
+        }
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+impl Write for AuditFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.before_write()?;
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// Discards entries: for `demo`, which must leave no trace outside its throwaway database.
@@ -73,5 +209,61 @@ pub struct NoAuditLog;
 impl AuditLog for NoAuditLog {
     fn record(&self, _entries: &[AuditEntry]) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    fn clock(at: &str) -> (Now, Arc<Mutex<DateTime<Utc>>>) {
+        let time = Arc::new(Mutex::new(at.parse::<DateTime<Utc>>().unwrap()));
+        let read = time.clone();
+        (Arc::new(move || *read.lock().unwrap()), time)
+    }
+
+    fn read(dir: &Path, name: &str) -> String {
+        std::fs::read_to_string(dir.join(name)).unwrap_or_default()
+    }
+
+    #[test]
+    fn daily_rotation_renames_the_day_and_keeps_max_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (now, time) = clock("2026-12-01T23:59:59Z");
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut file = AuditFile::open(dir.path(), LogRotation::Daily, 2, now, flag).unwrap();
+        file.write_all(b"day one\n").unwrap();
+        for (at, line) in [
+            ("2026-12-02T00:00:01Z", "day two\n"),
+            ("2026-12-03T10:00:00Z", "day three\n"),
+            ("2026-12-04T10:00:00Z", "day four\n"),
+        ] {
+            *time.lock().unwrap() = at.parse().unwrap();
+            file.write_all(line.as_bytes()).unwrap();
+        }
+        assert_eq!(read(dir.path(), "audit.log"), "day four\n");
+        assert_eq!(read(dir.path(), "audit.2026-12-03.log"), "day three\n");
+        assert_eq!(read(dir.path(), "audit.2026-12-02.log"), "day two\n");
+        assert!(
+            !dir.path().join("audit.2026-12-01.log").exists(),
+            "max_files = 2 keeps the two newest"
+        );
+    }
+
+    #[test]
+    fn reopen_follows_a_file_moved_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let (now, _) = clock("2026-12-01T10:00:00Z");
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut file =
+            AuditFile::open(dir.path(), LogRotation::Never, 1, now, flag.clone()).unwrap();
+        file.write_all(b"before\n").unwrap();
+        std::fs::rename(dir.path().join("audit.log"), dir.path().join("moved")).unwrap();
+        flag.store(true, Ordering::Release);
+        file.write_all(b"after\n").unwrap();
+        assert_eq!(read(dir.path(), "moved"), "before\n");
+        assert_eq!(read(dir.path(), "audit.log"), "after\n");
     }
 }

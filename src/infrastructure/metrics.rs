@@ -192,6 +192,10 @@ impl AuditLog for MeteredAuditLog {
         self.metrics.delivered(entries);
         Ok(())
     }
+
+    fn reopen(&self) {
+        self.inner.reopen();
+    }
 }
 
 #[cfg(test)]

@@ -300,3 +300,132 @@ async fn metrics_count_what_the_sweeps_did_and_pass_promtool() {
         Some(0)
     );
 }
+
+fn audit_entry(i: usize) -> balance_alertd::domain::ports::AuditEntry {
+    use balance_alertd::domain::ports::{AuditEntry, AuditEvent};
+    use balance_alertd::domain::{AccountId, AlertId, ChannelName};
+    AuditEntry {
+        timestamp: chrono::Utc::now(),
+        event: AuditEvent::AlertSent,
+        alert_id: AlertId::from_stored(format!("alert-{i:05}")),
+        account_id: AccountId::new(format!("account-{i:05}")),
+        channel: ChannelName::new("console"),
+        recipient: "a@example.com".into(),
+        threshold: "50.00".into(),
+        balance: "1.00".into(),
+        currency: "USD".into(),
+        attempts: 1,
+        error: None,
+    }
+}
+
+/// SPEC §7 / issue 12 finding 4: `tail -F audit.log` keeps following across a daily rotation
+/// (at UTC midnight of a fake clock): every line seen once, none lost, none twice.
+#[test]
+fn tail_f_follows_audit_log_across_a_rotation_without_losing_or_repeating_a_line() {
+    use balance_alertd::domain::ports::AuditLog;
+    use balance_alertd::infrastructure::audit::JsonLinesAuditLog;
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let time = Arc::new(Mutex::new(
+        "2026-12-01T23:59:58Z"
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap(),
+    ));
+    let now = {
+        let time = time.clone();
+        Arc::new(move || *time.lock().unwrap())
+    };
+    let (log, guard) = JsonLinesAuditLog::open_with_clock(
+        dir.path(),
+        balance_alertd::config::LogRotation::Daily,
+        30,
+        now,
+    )
+    .unwrap();
+    let mut tail = Command::new("tail")
+        .args(["-F", "-n", "+1", "-s", "0.1"])
+        .arg(dir.path().join("audit.log"))
+        // A file, not a pipe: 400 lines overflow a pipe nobody reads until the end.
+        .stdout(Stdio::from(
+            std::fs::File::create(dir.path().join("tail.out")).unwrap(),
+        ))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for i in 0..400 {
+        if i == 200 {
+            // Past midnight: the next line rotates audit.log to audit.2026-12-01.log.
+            std::thread::sleep(Duration::from_millis(300));
+            *time.lock().unwrap() = "2026-12-02T00:00:01Z".parse().unwrap();
+        }
+        log.record(&[audit_entry(i)]).unwrap();
+        if i % 50 == 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    drop(guard); // flush
+    std::thread::sleep(Duration::from_millis(1500));
+    tail.kill().unwrap();
+    tail.wait().unwrap();
+    let text = std::fs::read_to_string(dir.path().join("tail.out")).unwrap();
+    let ids: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["alert_id"].to_string())
+        .collect();
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(ids.len(), 400, "tail -F saw {} lines", ids.len());
+    assert_eq!(unique.len(), 400, "a line seen twice");
+    let rotated = std::fs::read_to_string(dir.path().join("audit.2026-12-01.log")).unwrap();
+    let current = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    assert_eq!(
+        (rotated.lines().count(), current.lines().count()),
+        (200, 200)
+    );
+}
+
+/// SPEC §7: with `rotation = "never"` SIGHUP reopens `audit.log`, so logrotate's
+/// `create` + `postrotate` (systemd/balance-alertd.logrotate) works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reopens_audit_log_after_logrotate_moved_it() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nurl = \"{}\"\n[log]\ndir = \"{}\"\nrotation = \"never\"\n\
+             [schedule]\ncron = \"* * * * * *\"\n[metrics]\nlisten = \"\"\n",
+            app.db.url,
+            dir.path().join("logs").display()
+        ),
+    )
+    .unwrap();
+    let mut daemon = DaemonProcess::start(dir.path(), &config, &[]);
+    daemon.wait_for_note("READY=1", Duration::from_secs(10));
+    app.insert_account(NewAccount::new("first@example.com", 100))
+        .await;
+    daemon.wait_for_output("Email -> first@example.com", 1, Duration::from_secs(5));
+    let logs = dir.path().join("logs");
+    // logrotate: move the file away, then postrotate signals the daemon.
+    std::fs::rename(logs.join("audit.log"), logs.join("audit.log.1")).unwrap();
+    daemon.signal("HUP");
+    daemon.wait_for_output("Configuration reloaded.", 1, Duration::from_secs(5));
+    app.insert_account(NewAccount::new("second@example.com", 100))
+        .await;
+    daemon.wait_for_output("Email -> second@example.com", 1, Duration::from_secs(5));
+    daemon.signal("TERM");
+    assert_eq!(
+        daemon
+            .wait_exit(Duration::from_secs(10))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+    let moved = std::fs::read_to_string(logs.join("audit.log.1")).unwrap();
+    let current = std::fs::read_to_string(logs.join("audit.log")).unwrap_or_default();
+    assert!(moved.contains("first@example.com") && !moved.contains("second@example.com"));
+    assert!(
+        current.contains("second@example.com"),
+        "the reopened audit.log: {current:?}"
+    );
+}
