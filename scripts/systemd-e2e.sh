@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # End to end under a real systemd (SPEC §8): boots a throwaway container (systemd-nspawn over
 # an overlay of this machine's root, all changes in a tmpfs; recipe: PITFALLS "A real
-# systemd"), installs the unit as systemd/README.md says, and drives it as an operator would:
-# start, alert, journal priorities, reload (valid and invalid), a root operator's sweep,
-# restart, kill -9, metrics and readiness, stop. Needs root. Always tears the container down.
+# systemd"), installs the .deb (cargo-deb) as systemd/README.md says, and drives it as an
+# operator would: install, alert, journal priorities, reload (valid and invalid), a root
+# operator's sweep, restart, kill -9, metrics and readiness, stop, remove. Needs root
+# (installs systemd-container and cargo-deb when missing). Always tears the container down.
 #
-#   scripts/systemd-e2e.sh            uses the debug binary cargo builds (CARGO_TARGET_DIR aware)
+#   scripts/systemd-e2e.sh            packages the debug binary cargo builds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $(id -u) -eq 0 ]] || { echo "systemd-e2e.sh: needs root (mounts, nspawn)" >&2; exit 1; }
@@ -15,9 +16,8 @@ fi
 for tool in sqlite3 curl; do
   command -v $tool >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $tool >/dev/null
 done
+command -v cargo-deb >/dev/null || cargo install cargo-deb --locked -q
 cargo build --locked -q
-target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-bin=$target_dir/debug/balance-alertd
 
 started=$(date +%s)
 T=$(mktemp -d /tmp/balance-alert-e2e-t.XXXXXX) R=$(mktemp -d /tmp/balance-alert-e2e-root.XXXXXX)
@@ -36,16 +36,17 @@ teardown() {
 trap teardown EXIT
 mount -t tmpfs tmpfs "$T" && mkdir -p "$T/upper" "$T/work"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$T/upper,workdir=$T/work" "$R"
+# This machine's image was built with Docker, whose policy-rc.d (exit 101) forbids package
+# scripts to start services: a real host has none, so the container gets none (overlay only).
+rm -f "$R/usr/sbin/policy-rc.d"
 for u in postgresql.service systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer; do
   ln -sf /dev/null "$R/etc/systemd/system/$u"
 done
 
-# The install, as systemd/README.md says (the binary from this tree; a sweep every 2 s).
-install -m 0755 "$bin" "$R/usr/bin/balance-alertd"
-install -m 0644 systemd/balance-alertd.sysusers "$R/usr/lib/sysusers.d/balance-alertd.conf"
-install -d -m 0755 "$R/etc/balance-alert"
-sed 's#^cron = .*#cron = "*/2 * * * * *"#' systemd/config.toml >"$R/etc/balance-alert/config.toml"
-install -m 0644 systemd/balance-alertd.service "$R/etc/systemd/system/"
+# The package, as systemd/README.md installs it: `cargo deb` from the debug binary just built
+# (the tests' build; releases use the release profile), into the container's /root.
+cargo deb --profile dev --no-build -o "$R/root/" 2>&1 | grep -v -e "dev profile is not supported" -e "To enable debug symbols" || true
+ls "$R"/root/balance-alertd_*.deb >/dev/null || { echo "systemd-e2e.sh: cargo deb made no package" >&2; exit 1; }
 
 systemd-nspawn -D "$R" --private-network --register=no --keep-unit --link-journal=no --boot \
   >"$T/nspawn.log" 2>&1 &
@@ -59,7 +60,14 @@ for _ in $(seq 100); do
 done
 [[ -n ${PID1:-} ]] || { echo "systemd-e2e.sh: the container did not boot" >&2; cat "$T/nspawn.log" >&2; exit 1; }
 inside() { nsenter -t "$PID1" -a "$@"; }
-state=$(inside systemctl is-system-running --wait || true)
+# Until its bus is up, systemctl cannot even ask: retry until it answers with a state.
+state=
+for _ in $(seq 60); do
+  state=$(inside systemctl is-system-running --wait 2>/dev/null || true)
+  [[ -n $state ]] && break
+  sleep 0.5
+done
+[[ -n $state ]] || { echo "systemd-e2e.sh: the container's systemd did not come up" >&2; exit 1; }
 echo "systemd-e2e.sh: container booted ($state)"
 
 inside bash -s <<'CHECKS'
@@ -72,14 +80,17 @@ wait_for() { # seconds command...
   return 1
 }
 
+step "apt install ./balance-alertd_*.deb: user created, unit enabled and started"
+cd /root && apt-get install -y -qq ./balance-alertd_*.deb >/tmp/apt.log 2>&1 || { cat /tmp/apt.log; fail "apt install"; }
+id balance-alert >/dev/null || fail "no balance-alert user"
+[[ $(stat -c %G /etc/balance-alert/config.toml) == balance-alert ]] || fail "config.toml not in the service's group"
+systemctl is-enabled balance-alertd >/dev/null || fail "unit not enabled"
+wait_for 10 bash -c '[[ $(systemctl is-active balance-alertd) == active ]]' || fail "not active after install"
 step "systemd-analyze verify (inside, on the installed unit)"
-systemd-analyze verify /etc/systemd/system/balance-alertd.service || fail "systemd-analyze verify"
-systemd-sysusers
-chgrp balance-alert /etc/balance-alert/config.toml && chmod 0640 /etc/balance-alert/config.toml
-systemctl daemon-reload
-step "start"
-systemctl enable --now balance-alertd || fail "systemctl start"
-[[ $(systemctl is-active balance-alertd) == active ]] || fail "not active after start"
+systemd-analyze verify /usr/lib/systemd/system/balance-alertd.service || fail "systemd-analyze verify"
+step "an operator sets a sweep every 2 s and reloads"
+sed -i 's#^cron = .*#cron = "*/2 * * * * *"#' /etc/balance-alert/config.toml
+systemctl reload balance-alertd || fail "reload of the schedule"
 
 step "a low account is alerted and audited; a bad address fails at priority warning"
 db=/var/lib/balance-alert/balance-alert.db
@@ -130,6 +141,12 @@ start=$(date +%s)
 systemctl stop balance-alertd
 (( $(date +%s) - start <= 36 )) || fail "stop took longer than shutdown.grace + 6 s"
 [[ $(systemctl show -p Result --value balance-alertd) == success ]] || fail "stop result: $(systemctl show -p Result --value balance-alertd)"
+step "apt remove: the service is stopped, the configuration kept"
+systemctl start balance-alertd
+apt-get remove -y -qq balance-alertd >/tmp/apt.log 2>&1 || { cat /tmp/apt.log; fail "apt remove"; }
+[[ $(systemctl is-active balance-alertd) != active ]] || fail "still running after apt remove"
+[[ ! -e /usr/bin/balance-alertd ]] || fail "binary left after remove"
+[[ -e /etc/balance-alert/config.toml ]] || fail "conffile removed by remove (only purge may)"
 echo "all checks passed"
 CHECKS
 echo "systemd-e2e.sh: passed in $(( $(date +%s) - started )) s"
