@@ -53,15 +53,22 @@ async fn run(config: LoadedConfig, sources: Sources) -> Result<ExitCode, AppErro
 }
 
 async fn sweep(config: &LoadedConfig, json: bool) -> Result<ExitCode, AppError> {
-    let (audit, _flush_on_drop) = open_audit(config)?;
+    let (audit, flush_on_drop) = open_audit(config)?;
     let store = open_store(config).await?;
-    let ctx = build_context(config, store, audit, stdout_console())?;
+    let ctx = build_context(config, store, audit.clone(), stdout_console())?;
     let summary = BulkBalanceAlert::new(ctx).execute().await?;
     if json {
         let line = serde_json::to_string(&summary).map_err(anyhow::Error::from)?;
         println!("{line}");
     } else {
         println!("{summary}");
+    }
+    // Every queued line written (or failed) before the verdict.
+    drop(flush_on_drop);
+    if let Some(failure) = audit.failure() {
+        return Err(AppError::Runtime(anyhow::anyhow!(
+            "{failure}; the outcomes are recorded in alert_logs"
+        )));
     }
     Ok(delivery_exit_code(summary.failed > 0))
 }

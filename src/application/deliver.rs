@@ -226,7 +226,12 @@ async fn deliver_one(
     claim: Claim,
 ) -> Option<(Outcome, AuditEntry)> {
     let channel = ctx.channels.iter().find(|c| c.name() == &claim.channel);
-    let may_attempt = || lease.may_start(&claim.alert_id, ctx.clock.now(), ctx.delivery.timeout);
+    // No delivery starts while its audit line could not be written (SPEC §7): the claim is
+    // left to expire and is retried once the log is writable again.
+    let may_attempt = || {
+        ctx.audit.failure().is_none()
+            && lease.may_start(&claim.alert_id, ctx.clock.now(), ctx.delivery.timeout)
+    };
     if !may_attempt() {
         return None;
     }

@@ -1,4 +1,5 @@
 //! `/metrics`, `/healthz`, `/readyz` on `metrics.listen` (SPEC §8b), for the daemon only.
+//! Ready = the database answers and the audit log is writable.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use crate::domain::ports::AuditLog;
 use crate::infrastructure::db::SeaOrmStore;
 use crate::infrastructure::metrics::Metrics;
 
@@ -23,6 +25,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 struct Endpoints {
     metrics: Arc<Metrics>,
     store: SeaOrmStore,
+    audit: Arc<dyn AuditLog>,
 }
 
 /// Serves until `stop` is cancelled. The listener is bound by the caller, so that a bad
@@ -31,6 +34,7 @@ pub fn spawn(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     store: SeaOrmStore,
+    audit: Arc<dyn AuditLog>,
     stop: CancellationToken,
 ) {
     let addr = listener
@@ -40,7 +44,11 @@ pub fn spawn(
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(Endpoints { metrics, store });
+        .with_state(Endpoints {
+            metrics,
+            store,
+            audit,
+        });
     info!(%addr, "Serving /metrics, /healthz and /readyz.");
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
@@ -65,6 +73,9 @@ async fn metrics_page(State(endpoints): State<Endpoints>) -> Response {
 }
 
 async fn ready(State(endpoints): State<Endpoints>) -> Response {
+    if let Some(failure) = endpoints.audit.failure() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{failure}\n")).into_response();
+    }
     match tokio::time::timeout(READY_TIMEOUT, endpoints.store.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),

@@ -149,6 +149,7 @@ impl Daemon {
                 listener,
                 self.metrics.clone(),
                 self.adapters.store.clone(),
+                self.adapters.audit.clone(),
                 self.stop_serving.clone(),
             ),
             Err(e) => error!(

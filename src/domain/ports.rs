@@ -161,4 +161,10 @@ pub trait AuditLog: Send + Sync {
 
     /// Reopens the log file before the next line (SIGHUP: logrotate moved it away).
     fn reopen(&self) {}
+
+    /// Why the last write failed (naming the file), until a write succeeds again. While it
+    /// is set no new delivery starts, `/readyz` reports it and `sweep` exits 1 (SPEC §7).
+    fn failure(&self) -> Option<String> {
+        None
+    }
 }

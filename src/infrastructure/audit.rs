@@ -12,8 +12,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -36,6 +36,34 @@ pub type Now = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 pub struct JsonLinesAuditLog {
     writer: NonBlocking,
     reopen: Arc<AtomicBool>,
+    health: Arc<Health>,
+}
+
+/// The writer thread's last failure, for the senders: tracing-appender's worker drops a batch
+/// whose write fails without telling anyone.
+#[derive(Default)]
+struct Health {
+    failing: AtomicBool,
+    message: Mutex<String>,
+    probed: Mutex<Option<std::time::Instant>>,
+}
+
+/// How often a failing audit log is tried again while deliveries wait for it.
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+impl Health {
+    fn failed(&self, message: String) {
+        if !self.failing.swap(true, Ordering::AcqRel) {
+            tracing::error!(error = %message, "Audit log write failed: no new delivery starts until it is writable again; the outcomes are recorded in alert_logs.");
+        }
+        *self.message.lock().unwrap_or_else(PoisonError::into_inner) = message;
+    }
+
+    fn succeeded(&self) {
+        if self.failing.swap(false, Ordering::AcqRel) {
+            tracing::info!("The audit log is writable again.");
+        }
+    }
 }
 
 impl JsonLinesAuditLog {
@@ -58,14 +86,23 @@ impl JsonLinesAuditLog {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create audit log directory {}", dir.display()))?;
         let reopen = Arc::new(AtomicBool::new(false));
-        let file = AuditFile::open(dir, rotation, max_files, now, reopen.clone())
+        let health = Arc::new(Health::default());
+        let mut file = AuditFile::open(dir, rotation, max_files, now, reopen.clone())
             .with_context(|| format!("cannot open the audit log in {}", dir.display()))?;
+        file.health = Some(health.clone());
         let (writer, guard) = NonBlockingBuilder::default()
             .lossy(false)
             .buffered_lines_limit(QUEUE_LINES)
             .thread_name("audit-log")
             .finish(file);
-        Ok((Self { writer, reopen }, guard))
+        Ok((
+            Self {
+                writer,
+                reopen,
+                health,
+            },
+            guard,
+        ))
     }
 }
 
@@ -86,6 +123,31 @@ impl AuditLog for JsonLinesAuditLog {
     fn reopen(&self) {
         self.reopen.store(true, Ordering::Release);
     }
+
+    fn failure(&self) -> Option<String> {
+        if !self.health.failing.load(Ordering::Acquire) {
+            return None;
+        }
+        // An empty message makes the writer thread flush, which retries the lines kept back;
+        // at most every PROBE_EVERY, however many deliveries ask.
+        let mut last = self
+            .health
+            .probed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.is_none_or(|at| at.elapsed() >= PROBE_EVERY) {
+            *last = Some(std::time::Instant::now());
+            let _ = self.writer.clone().write(b"");
+        }
+        drop(last);
+        Some(
+            self.health
+                .message
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        )
+    }
 }
 
 /// `{dir}/audit.log`, rotated by UTC day and reopened on request, before the write that
@@ -99,6 +161,11 @@ pub struct AuditFile {
     file: File,
     /// The UTC day of the lines in `audit.log` (daily rotation).
     day: NaiveDate,
+    health: Option<Arc<Health>>,
+    /// Lines a failed write kept back, written first once the file takes writes again (no
+    /// line lost while the process lives, none twice). Bounded: no delivery starts while
+    /// writes fail, so at most the lines of the deliveries in flight then wait here.
+    pending: Vec<u8>,
 }
 
 impl AuditFile {
@@ -124,7 +191,36 @@ impl AuditFile {
             reopen,
             file,
             day,
+            health: None,
+            pending: Vec::new(),
         })
+    }
+
+    /// Writes the kept-back lines; what got written leaves the buffer even if the rest fails.
+    fn write_pending(&mut self) -> std::io::Result<()> {
+        while !self.pending.is_empty() {
+            match self.file.write(&self.pending) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn report(&self, result: &std::io::Result<()>) {
+        if let Some(health) = &self.health {
+            match result {
+                Ok(()) => health.succeeded(),
+                Err(e) => health.failed(format!(
+                    "cannot write the audit log {}: {e}",
+                    self.dir.join(CURRENT).display()
+                )),
+            }
+        }
     }
 
     fn before_write(&mut self) -> std::io::Result<()> {
@@ -191,13 +287,22 @@ fn open_append(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
+/// Never fails a write: a line that cannot be written now is kept back and retried before the
+/// next one and at every flush (tracing-appender's worker would drop it), and the failure is
+/// reported through [`AuditLog::failure`].
 impl Write for AuditFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.before_write()?;
-        self.file.write(buf)
+        self.pending.extend_from_slice(buf);
+        let result = self.before_write().and_then(|()| self.write_pending());
+        self.report(&result);
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
+        if !self.pending.is_empty() {
+            let result = self.write_pending();
+            self.report(&result);
+        }
         self.file.flush()
     }
 }

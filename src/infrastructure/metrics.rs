@@ -196,6 +196,10 @@ impl AuditLog for MeteredAuditLog {
     fn reopen(&self) {
         self.inner.reopen();
     }
+
+    fn failure(&self) -> Option<String> {
+        self.inner.failure()
+    }
 }
 
 #[cfg(test)]
