@@ -114,13 +114,7 @@ async fn a_slow_receiver_is_not_sent_twice_by_two_daemons(backend: Backend) {
     // Several more ticks of both daemons, each past the 3 s lease of a 1 s delivery.
     tokio::time::sleep(Duration::from_secs(4)).await;
     for daemon in &mut daemons {
-        daemon.signal("TERM");
-        assert_eq!(
-            daemon
-                .wait_exit(Duration::from_secs(10))
-                .and_then(|s| s.code()),
-            Some(0)
-        );
+        daemon.stop();
     }
     let delivered = receiver.delivered();
     assert_eq!(delivered.len(), 6);

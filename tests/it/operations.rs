@@ -292,13 +292,7 @@ async fn metrics_count_what_the_sweeps_did_and_pass_promtool() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    daemon.signal("TERM");
-    assert_eq!(
-        daemon
-            .wait_exit(Duration::from_secs(10))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    daemon.stop();
 }
 
 fn audit_entry(i: usize) -> balance_alertd::domain::ports::AuditEntry {
@@ -414,13 +408,7 @@ async fn sighup_reopens_audit_log_after_logrotate_moved_it() {
     app.insert_account(NewAccount::new("second@example.com", 100))
         .await;
     daemon.wait_for_output("Email -> second@example.com", 1, Duration::from_secs(5));
-    daemon.signal("TERM");
-    assert_eq!(
-        daemon
-            .wait_exit(Duration::from_secs(10))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    daemon.stop();
     let moved = std::fs::read_to_string(logs.join("audit.log.1")).unwrap();
     let current = std::fs::read_to_string(logs.join("audit.log")).unwrap_or_default();
     assert!(moved.contains("first@example.com") && !moved.contains("second@example.com"));
@@ -428,6 +416,28 @@ async fn sighup_reopens_audit_log_after_logrotate_moved_it() {
         current.contains("second@example.com"),
         "the reopened audit.log: {current:?}"
     );
+}
+
+/// A 64 KiB tmpfs mounted at a new directory `at` (root only), unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &std::path::Path) -> Self {
+        std::fs::create_dir(at).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount a 64 KiB tmpfs at {}", at.display());
+        Self(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
 }
 
 /// Issue 12 finding 6 (SPEC §7): `log.dir` on a 64 KiB filesystem. A write that fails is an
@@ -439,24 +449,11 @@ async fn a_full_audit_disk_is_an_error_stops_deliveries_and_fails_the_sweep() {
         eprintln!("SKIPPED: a_full_audit_disk_... needs root to mount a small tmpfs");
         return;
     }
-    struct Mounted(std::path::PathBuf);
-    impl Drop for Mounted {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
     let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
     crate::faults::bulk_accounts(&app, 2000, "100").await;
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
-    std::fs::create_dir(&logs).unwrap();
-    let status = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
-        .arg(&logs)
-        .status()
-        .unwrap();
-    assert!(status.success(), "mount a 64 KiB tmpfs");
-    let _mounted = Mounted(logs.clone());
+    let _disk = SmallDisk::mount(&logs);
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
@@ -467,12 +464,7 @@ async fn a_full_audit_disk_is_an_error_stops_deliveries_and_fails_the_sweep() {
         ),
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .current_dir(dir.path())
-        .env_clear()
-        .args(["-c", config.to_str().unwrap(), "sweep"])
-        .output()
-        .unwrap();
+    let out = crate::faults::sweep(dir.path(), &config);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -507,25 +499,10 @@ async fn after_a_full_audit_disk_frees_up_every_line_is_written_once_and_deliver
         eprintln!("SKIPPED: after_a_full_audit_disk_... needs root to mount a small tmpfs");
         return;
     }
-    struct Mounted(std::path::PathBuf);
-    impl Drop for Mounted {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
     let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
-    std::fs::create_dir(&logs).unwrap();
-    assert!(
-        Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
-            .arg(&logs)
-            .status()
-            .unwrap()
-            .success()
-    );
-    let _mounted = Mounted(logs.clone());
+    let _disk = SmallDisk::mount(&logs);
     // Fill the disk but for a few lines.
     let filler = logs.join("filler");
     std::fs::write(&filler, vec![b'x'; 60 * 1024]).unwrap();
@@ -563,13 +540,7 @@ async fn after_a_full_audit_disk_frees_up_every_line_is_written_once_and_deliver
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    daemon.signal("TERM");
-    assert_eq!(
-        daemon
-            .wait_exit(Duration::from_secs(10))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    daemon.stop();
     assert_eq!(
         daemon.count("📧 Email -> "),
         60,

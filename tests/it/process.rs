@@ -124,6 +124,15 @@ impl DaemonProcess {
         assert!(status.success());
     }
 
+    /// SIGTERM, and a clean exit (code 0) within 10 s.
+    pub fn stop(&mut self) {
+        self.signal("TERM");
+        let code = self
+            .wait_exit(Duration::from_secs(10))
+            .and_then(|s| s.code());
+        assert_eq!(code, Some(0), "{}", self.output());
+    }
+
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
