@@ -28,7 +28,11 @@ const QUIET: &[&str] = &[
 /// Installs the global subscriber. `level` is `log.level` (already validated); `RUST_LOG`,
 /// when set, wins for troubleshooting.
 pub fn init(level: &str, format: LogFormat) {
-    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| level.to_owned());
+    // Non-ASCII filters are refused: tracing-subscriber 0.3 panics on some of them.
+    let directives = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|d| d.is_ascii())
+        .unwrap_or_else(|| level.to_owned());
     let mut filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
     for quiet in QUIET {
         let target = quiet.split('=').next().unwrap_or_default();

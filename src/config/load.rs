@@ -118,6 +118,17 @@ fn validate(settings: Settings) -> Result<LoadedConfig, ConfigError> {
             ),
         ));
     }
+    // tracing-subscriber 0.3 panics (slicing inside a character) on some non-ASCII filters;
+    // a level or filter is ASCII anyway.
+    if !settings.log.level.is_ascii() {
+        return Err(invalid(
+            "log.level",
+            format!(
+                "{:?} is not a level or filter (ASCII, like \"info\" or \"info,sqlx=warn\")",
+                settings.log.level
+            ),
+        ));
+    }
     tracing_subscriber::EnvFilter::try_new(&settings.log.level).map_err(|e| {
         invalid(
             "log.level",
