@@ -20,7 +20,7 @@ pub use demo::run_demo;
 
 use crate::application::{AlertContext, DeliveryPolicy};
 use crate::config::{ConfigError, LoadedConfig};
-use crate::domain::ports::{AuditLog, Clock};
+use crate::domain::ports::{AlertStore, AuditLog, Clock};
 use crate::infrastructure::audit::JsonLinesAuditLog;
 use crate::infrastructure::clock::SystemClock;
 use crate::infrastructure::db::{self, SeaOrmStore};
@@ -133,6 +133,62 @@ pub async fn migrate_up(conn: &DatabaseConnection) -> anyhow::Result<()> {
     }
     Migrator::up(&txn, None).await.context("migration failed")?;
     txn.commit().await.context("cannot commit migrations")
+}
+
+/// Writes the audit lines an earlier process could not (SPEC §7), before any new line. Should
+/// they not even queue, they go back to the database.
+pub async fn write_audit_backlog(
+    store: &dyn AlertStore,
+    audit: &dyn AuditLog,
+) -> Result<(), AppError> {
+    let lines = store.take_audit_backlog().await.map_err(runtime)?;
+    if lines.is_empty() {
+        return Ok(());
+    }
+    if let Err(e) = audit.record_lines(&lines) {
+        store.keep_audit_backlog(&lines).await.map_err(runtime)?;
+        return Err(AppError::Runtime(
+            anyhow::Error::new(e).context("cannot queue the audit lines kept in audit_backlog"),
+        ));
+    }
+    tracing::info!(
+        lines = lines.len(),
+        "Wrote the audit lines an earlier run could not write (kept in audit_backlog)."
+    );
+    Ok(())
+}
+
+/// After the audit log's last flush (its guard dropped): keeps the lines it could not write
+/// in the database for the next process, or — the database failing too — prints them on
+/// stderr (the journal) as the last place they can go.
+pub async fn keep_unwritten_audit(store: &dyn AlertStore, audit: &dyn AuditLog) {
+    let lines = audit.unwritten();
+    if lines.is_empty() {
+        return;
+    }
+    match store.keep_audit_backlog(&lines).await {
+        Ok(()) => tracing::error!(
+            lines = lines.len(),
+            "Audit lines could not be written before exit; kept in the database table \
+             audit_backlog and written to audit.log at the next start."
+        ),
+        Err(e) => {
+            tracing::error!(
+                lines = lines.len(),
+                error = format!("{e:#}"),
+                "Audit lines could not be written to audit.log nor kept in the database; \
+                 they follow on stderr."
+            );
+            let mut stderr = std::io::stderr().lock();
+            for line in &lines {
+                let _ = writeln!(stderr, "{line}");
+            }
+        }
+    }
+}
+
+fn runtime(e: crate::domain::ports::StoreError) -> AppError {
+    AppError::Runtime(anyhow::Error::new(e))
 }
 
 /// Opens the audit log of `log.dir`; keep the guard until every delivery is done.

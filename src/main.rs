@@ -44,5 +44,15 @@ fn main() -> ExitCode {
     }
     // Returning (not exiting) drops the runtime and the audit log's guard in order, which
     // flushes every queued audit line.
-    app::report(runtime.block_on(app::dispatch(command, config, sources)))
+    //
+    // The command runs as a task on the worker threads, not on this thread: the sweep's
+    // futures are woken by database and channel tasks, and waking a future polled by
+    // `block_on` means waking this thread (a futex round trip each time). Measured on the
+    // 1M-account sweep: ~1,200 fewer CPU samples of wake-ups (README "Performance").
+    let command = runtime.spawn(app::dispatch(command, config, sources));
+    app::report(runtime.block_on(command).unwrap_or_else(|e| {
+        Err(AppError::Runtime(anyhow::anyhow!(
+            "the command's task failed: {e}"
+        )))
+    }))
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use migration::{Migrator, MigratorTrait};
 
 use super::{
-    AppError, build_context, delivery_exit_code, migrate_up, open_audit, open_store, stdout_console,
+    AppError, build_context, delivery_exit_code, keep_unwritten_audit, migrate_up, open_audit,
+    open_store, stdout_console, write_audit_backlog,
 };
 use crate::application::check_account::{BalanceAlert, ChannelResult, CheckReport};
 use crate::application::sweep::BulkBalanceAlert;
@@ -45,26 +46,34 @@ async fn run(config: LoadedConfig, sources: Sources) -> Result<ExitCode, AppErro
     let control = signals::control_events().map_err(|e| {
         AppError::Runtime(anyhow::Error::new(e).context("cannot install signal handlers"))
     })?;
-    let (audit, _flush_on_drop) = open_audit(&config)?;
+    let (audit, flush_on_drop) = open_audit(&config)?;
     let clock = Arc::new(SystemClock);
-    let daemon = Daemon::build(config, sources, audit, stdout_console(), clock).await?;
-    daemon.run_until_stopped(control).await?;
+    let daemon = Daemon::build(config, sources, audit.clone(), stdout_console(), clock).await?;
+    let store = daemon.store();
+    write_audit_backlog(&store, audit.as_ref()).await?;
+    let stopped = daemon.run_until_stopped(control).await;
+    drop(flush_on_drop);
+    keep_unwritten_audit(&store, audit.as_ref()).await;
+    stopped?;
     Ok(ExitCode::SUCCESS)
 }
 
 async fn sweep(config: &LoadedConfig, json: bool) -> Result<ExitCode, AppError> {
     let (audit, flush_on_drop) = open_audit(config)?;
     let store = open_store(config).await?;
-    let ctx = build_context(config, store, audit.clone(), stdout_console())?;
-    let summary = BulkBalanceAlert::new(ctx).execute().await?;
+    write_audit_backlog(&store, audit.as_ref()).await?;
+    let ctx = build_context(config, store.clone(), audit.clone(), stdout_console())?;
+    let swept = BulkBalanceAlert::new(ctx).execute().await;
+    // Every queued line written (or failed, and then kept) before the verdict.
+    drop(flush_on_drop);
+    keep_unwritten_audit(&store, audit.as_ref()).await;
+    let summary = swept?;
     if json {
         let line = serde_json::to_string(&summary).map_err(anyhow::Error::from)?;
         println!("{line}");
     } else {
         println!("{summary}");
     }
-    // Every queued line written (or failed) before the verdict.
-    drop(flush_on_drop);
     if let Some(failure) = audit.failure() {
         return Err(AppError::Runtime(anyhow::anyhow!(
             "{failure}; the outcomes are recorded in alert_logs"
@@ -74,11 +83,15 @@ async fn sweep(config: &LoadedConfig, json: bool) -> Result<ExitCode, AppError> 
 }
 
 async fn check(config: &LoadedConfig, account_id: &AccountId) -> Result<ExitCode, AppError> {
-    let (audit, _flush_on_drop) = open_audit(config)?;
+    let (audit, flush_on_drop) = open_audit(config)?;
     let store = open_store(config).await?;
-    let ctx = build_context(config, store, audit, stdout_console())?;
+    write_audit_backlog(&store, audit.as_ref()).await?;
+    let ctx = build_context(config, store.clone(), audit.clone(), stdout_console())?;
     let currency = ctx.currency.clone();
-    let outcome = BalanceAlert::new(ctx).execute(account_id).await?;
+    let checked = BalanceAlert::new(ctx).execute(account_id).await;
+    drop(flush_on_drop);
+    keep_unwritten_audit(&store, audit.as_ref()).await;
+    let outcome = checked?;
     match &outcome {
         CheckReport::NotFound => println!("check: account {account_id}: not found"),
         CheckReport::AboveThreshold { balance, threshold } => println!(
@@ -94,6 +107,11 @@ async fn check(config: &LoadedConfig, account_id: &AccountId) -> Result<ExitCode
                 );
             }
         }
+    }
+    if let Some(failure) = audit.failure() {
+        return Err(AppError::Runtime(anyhow::anyhow!(
+            "{failure}; the outcomes are recorded in alert_logs"
+        )));
     }
     Ok(delivery_exit_code(outcome.any_failed()))
 }

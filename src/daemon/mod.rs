@@ -103,6 +103,11 @@ impl Daemon {
         })
     }
 
+    /// The store (a handle on the same pool).
+    pub fn store(&self) -> SeaOrmStore {
+        self.adapters.store.clone()
+    }
+
     /// The sweep runner, for tests that watch sweeps.
     pub fn runner(&self) -> Arc<SweepRunner> {
         self.runner.clone()

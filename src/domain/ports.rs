@@ -100,6 +100,13 @@ pub trait AlertStore: Send + Sync {
     /// recorded. Implementations may keep a connection between calls (a sweep records
     /// thousands of small batches).
     async fn record(&self, lease: &LeaseHolder, outcomes: &[Outcome]) -> Result<u64, StoreError>;
+
+    /// Keeps audit lines the audit log could not take before the process exits, in order,
+    /// until [`Self::take_audit_backlog`] hands them to a later process (SPEC §7).
+    async fn keep_audit_backlog(&self, lines: &[String]) -> Result<(), StoreError>;
+
+    /// Removes and returns the kept audit lines, oldest first (empty almost always).
+    async fn take_audit_backlog(&self) -> Result<Vec<String>, StoreError>;
 }
 
 /// A way to tell an account owner (or the bank's staff) about a low balance.
@@ -166,5 +173,16 @@ pub trait AuditLog: Send + Sync {
     /// is set no new delivery starts, `/readyz` reports it and `sweep` exits 1 (SPEC §7).
     fn failure(&self) -> Option<String> {
         None
+    }
+
+    /// Writes already formatted lines (kept from an earlier process), like [`Self::record`].
+    fn record_lines(&self, _lines: &[String]) -> Result<(), std::io::Error> {
+        Ok(())
+    }
+
+    /// The lines not written yet because writes failed. Meaningful once the log is flushed
+    /// for the last time: whatever it returns then would be lost with the process.
+    fn unwritten(&self) -> Vec<String> {
+        Vec::new()
     }
 }

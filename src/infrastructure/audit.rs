@@ -46,13 +46,23 @@ struct Health {
     failing: AtomicBool,
     message: Mutex<String>,
     probed: Mutex<Option<std::time::Instant>>,
+    /// A copy of the lines kept back after the last failed write (empty after a success): what
+    /// the process would lose if it exited now. Read after the last flush.
+    unwritten: Mutex<Vec<u8>>,
 }
 
 /// How often a failing audit log is tried again while deliveries wait for it.
 const PROBE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Health {
-    fn failed(&self, message: String) {
+    fn failed(&self, message: String, unwritten: &[u8]) {
+        let mut copy = self
+            .unwritten
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        copy.clear();
+        copy.extend_from_slice(unwritten);
+        drop(copy);
         if !self.failing.swap(true, Ordering::AcqRel) {
             tracing::error!(error = %message, "Audit log write failed: no new delivery starts until it is writable again; the outcomes are recorded in alert_logs.");
         }
@@ -61,6 +71,10 @@ impl Health {
 
     fn succeeded(&self) {
         if self.failing.swap(false, Ordering::AcqRel) {
+            self.unwritten
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
             tracing::info!("The audit log is writable again.");
         }
     }
@@ -107,6 +121,28 @@ impl JsonLinesAuditLog {
 }
 
 impl AuditLog for JsonLinesAuditLog {
+    fn record_lines(&self, lines: &[String]) -> std::io::Result<()> {
+        let mut all = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+        for line in lines {
+            all.extend_from_slice(line.as_bytes());
+            all.push(b'\n');
+        }
+        self.writer.clone().write_all(&all)
+    }
+
+    fn unwritten(&self) -> Vec<String> {
+        let unwritten = self
+            .health
+            .unwritten
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        String::from_utf8_lossy(&unwritten)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     fn record(&self, entries: &[AuditEntry]) -> std::io::Result<()> {
         let mut lines = Vec::with_capacity(entries.len() * 320);
         for entry in entries {
@@ -215,10 +251,13 @@ impl AuditFile {
         if let Some(health) = &self.health {
             match result {
                 Ok(()) => health.succeeded(),
-                Err(e) => health.failed(format!(
-                    "cannot write the audit log {}: {e}",
-                    self.dir.join(CURRENT).display()
-                )),
+                Err(e) => health.failed(
+                    format!(
+                        "cannot write the audit log {}: {e}",
+                        self.dir.join(CURRENT).display()
+                    ),
+                    &self.pending,
+                ),
             }
         }
     }

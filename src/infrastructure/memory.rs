@@ -30,6 +30,7 @@ pub struct StoredAlert {
 struct State {
     accounts: BTreeMap<String, Account>,
     alerts: Vec<StoredAlert>,
+    audit_backlog: Vec<String>,
 }
 
 /// Called before each claim with the page's ids: lets a test change accounts between the
@@ -284,5 +285,14 @@ impl AlertStore for InMemoryStore {
             recorded += 1;
         }
         Ok(recorded)
+    }
+
+    async fn keep_audit_backlog(&self, lines: &[String]) -> Result<(), StoreError> {
+        self.lock().audit_backlog.extend_from_slice(lines);
+        Ok(())
+    }
+
+    async fn take_audit_backlog(&self) -> Result<Vec<String>, StoreError> {
+        Ok(std::mem::take(&mut self.lock().audit_backlog))
     }
 }

@@ -200,6 +200,14 @@ impl AuditLog for MeteredAuditLog {
     fn failure(&self) -> Option<String> {
         self.inner.failure()
     }
+
+    fn record_lines(&self, lines: &[String]) -> Result<(), std::io::Error> {
+        self.inner.record_lines(lines)
+    }
+
+    fn unwritten(&self) -> Vec<String> {
+        self.inner.unwritten()
+    }
 }
 
 #[cfg(test)]

@@ -343,6 +343,17 @@ impl TestApp {
         row.try_get::<i64>("", "n").unwrap() as u64
     }
 
+    /// The `id` column of a query's rows.
+    pub async fn alert_ids(&self, sql: &str) -> Vec<String> {
+        self.conn
+            .query_all_raw(self.statement(sql, vec![]))
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.try_get::<String>("", "id").unwrap())
+            .collect()
+    }
+
     /// Takes SQLite's write lock, as another writer would, until the transaction ends.
     pub async fn hold_write_lock(&self) -> sea_orm::DatabaseTransaction {
         let options = sea_orm::TransactionOptions {

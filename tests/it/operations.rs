@@ -487,7 +487,51 @@ async fn a_full_audit_disk_is_an_error_stops_deliveries_and_fails_the_sweep() {
         sent < 2000,
         "deliveries went on after the audit log failed: {sent} sent"
     );
-    eprintln!("audit disk full: {sent} of 2000 delivered before deliveries stopped");
+    assert!(
+        stdout.contains("kept in the database table audit_backlog"),
+        "{stdout}"
+    );
+    let kept = app.count("SELECT COUNT(*) AS n FROM audit_backlog").await;
+    assert!(kept > 0, "the unwritten lines are kept");
+
+    // Room again: the next process writes the kept lines first, each once (SPEC §7).
+    let status = Command::new("mount")
+        .args(["-o", "remount,size=8m"])
+        .arg(&logs)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = crate::faults::sweep(dir.path(), &config);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        app.count("SELECT COUNT(*) AS n FROM audit_backlog").await,
+        0
+    );
+    let lines = crate::helpers::read_json_lines(logs.join("audit.log"));
+    let mut in_log: Vec<String> = lines
+        .iter()
+        .map(|l| l["alert_id"].as_str().unwrap().to_owned())
+        .collect();
+    in_log.sort();
+    let mut recorded: Vec<String> = app
+        .alert_ids("SELECT id FROM alert_logs WHERE status <> 'pending'")
+        .await;
+    recorded.sort();
+    assert_eq!(
+        in_log.len(),
+        recorded.len(),
+        "one line per recorded outcome, none twice"
+    );
+    assert_eq!(in_log, recorded, "every recorded outcome has its line");
+    eprintln!(
+        "audit disk full: {sent} of 2000 delivered before deliveries stopped, \
+         {kept} lines kept in audit_backlog and written by the next sweep"
+    );
 }
 
 /// SPEC §7: while the audit disk is full the daemon delivers nothing and `/readyz` says why;

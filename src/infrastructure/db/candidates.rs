@@ -1,14 +1,16 @@
-//! The sweep's candidates: ids of accounts below their threshold that are not blocked on
-//! every channel, in keyset pages of account ids. A read without locks, and only a filter:
-//! the claim reads each account again under its lock and decides on that.
+//! The sweep's candidates: accounts below their threshold that are not blocked on every
+//! channel, in keyset pages of account ids. Listing a page is a read without locks that
+//! returns only its bounds and size; the claim reads the page's accounts under its lock (the
+//! same filter on the same id range) and decides on that. One read of each account's columns,
+//! not two: moving every listed row to the process twice cost more than the claim's writes.
 
 use std::sync::Arc;
 
 use futures::stream::{self, BoxStream, StreamExt};
-use sea_orm::sea_query::{Expr, ExprTrait, Query};
+use sea_orm::sea_query::{Expr, ExprTrait, Func, Query};
 use sea_orm::{
-    ColumnTrait, Condition, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, QueryTrait,
 };
 use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
@@ -77,6 +79,50 @@ enum Part {
     OwnThreshold,
 }
 
+impl Part {
+    fn below(self, default_threshold: Money) -> Condition {
+        match self {
+            Self::DefaultThreshold => on_default_threshold(default_threshold),
+            Self::OwnThreshold => below_own_threshold(),
+        }
+    }
+}
+
+/// One page of candidates: the accounts matching [`Page::filter`] when it was listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Page {
+    part: Part,
+    /// Exclusive lower bound (the previous page's last id).
+    after: Option<String>,
+    /// Inclusive upper bound.
+    last: String,
+    /// How many accounts matched when listed: those the claim no longer finds changed or were
+    /// deleted meanwhile, or (PostgreSQL) are locked by another claimer.
+    pub(super) listed: u64,
+}
+
+impl Page {
+    /// The page's accounts that are still candidates: below their threshold, claimable on a
+    /// channel with `cutoffs`, in the page's id range.
+    pub(super) fn filter(
+        &self,
+        default_threshold: Money,
+        channels: &[ChannelName],
+        cutoffs: &Cutoffs,
+        dialect: Dialect,
+    ) -> Condition {
+        use accounts::Column as A;
+        let mut filter = Condition::all()
+            .add(self.part.below(default_threshold))
+            .add(claimable_somewhere(channels, cutoffs, dialect))
+            .add(A::Id.lte(self.last.as_str()));
+        if let Some(after) = &self.after {
+            filter = filter.add(A::Id.gt(after.as_str()));
+        }
+        filter
+    }
+}
+
 /// What to list.
 pub(super) struct Listing {
     pub(super) default_threshold: Money,
@@ -85,35 +131,46 @@ pub(super) struct Listing {
     pub(super) page_size: u32,
 }
 
+/// Lists the next page after `after`: its size and last id, or `None` past the end.
 async fn next_page(
     conns: &Conns,
     listing: &Listing,
     part: Part,
-    after: Option<&str>,
-) -> Result<Vec<String>, DbErr> {
+    after: Option<String>,
+) -> Result<Option<Page>, DbErr> {
     use accounts::Column as A;
-    let below = match part {
-        Part::DefaultThreshold => on_default_threshold(listing.default_threshold),
-        Part::OwnThreshold => below_own_threshold(),
-    };
     let mut select = accounts::Entity::find()
         .select_only()
         .column(A::Id)
-        .filter(below)
+        .filter(part.below(listing.default_threshold))
         .filter(claimable_somewhere(
             &listing.channels,
             &listing.cutoffs,
             conns.dialect,
         ));
-    if let Some(id) = after {
-        select = select.filter(A::Id.gt(id));
+    if let Some(id) = &after {
+        select = select.filter(A::Id.gt(id.as_str()));
     }
-    select
+    let page = select
         .order_by_asc(A::Id)
         .limit(u64::from(Ord::max(listing.page_size, 1)))
-        .into_tuple()
-        .all(&conns.db)
-        .await
+        .into_query();
+    let bounds = Query::select()
+        .expr(Func::count(Expr::col(A::Id)))
+        .expr(Func::max(Expr::col(A::Id)))
+        .from_subquery(page, "page")
+        .to_owned();
+    let row = conns.db.query_one(&bounds).await?;
+    let (listed, last): (i64, Option<String>) = match row {
+        Some(row) => (row.try_get_by_index(0)?, row.try_get_by_index(1)?),
+        None => (0, None),
+    };
+    Ok(last.map(|last| Page {
+        part,
+        after,
+        last,
+        listed: u64::try_from(listed).unwrap_or_default(),
+    }))
 }
 
 /// The candidate pages, each a disjoint range of account ids, read one page ahead of the
@@ -121,28 +178,31 @@ async fn next_page(
 pub(super) fn pages(
     conns: Arc<Conns>,
     listing: Listing,
-) -> BoxStream<'static, Result<Vec<String>, StoreError>> {
-    let page_size = Ord::max(listing.page_size, 1) as usize;
+) -> BoxStream<'static, Result<Page, StoreError>> {
+    let page_size = u64::from(Ord::max(listing.page_size, 1));
     let listing = Arc::new(listing);
     let start = Some((Part::DefaultThreshold, None::<String>));
     let mut scan = stream::try_unfold(start, move |mut scan| {
         let (conns, listing) = (conns.clone(), listing.clone());
         async move {
             while let Some((part, after)) = scan {
-                let ids = next_page(&conns, &listing, part, after.as_deref())
+                let page = next_page(&conns, &listing, part, after)
                     .await
                     .map_err(conns.err("cannot read accounts"))?;
                 let next_part = match part {
                     Part::DefaultThreshold => Some((Part::OwnThreshold, None)),
                     Part::OwnThreshold => None,
                 };
-                scan = match ids.last() {
-                    Some(last) if ids.len() >= page_size => Some((part, Some(last.clone()))),
-                    _ => next_part,
+                let Some(page) = page else {
+                    scan = next_part;
+                    continue;
                 };
-                if !ids.is_empty() {
-                    return Ok(Some((ids, scan)));
-                }
+                scan = if page.listed >= page_size {
+                    Some((part, Some(page.last.clone())))
+                } else {
+                    next_part
+                };
+                return Ok(Some((page, scan)));
             }
             Ok(None)
         }

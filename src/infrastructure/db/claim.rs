@@ -20,6 +20,7 @@ use sea_orm::{
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
+use super::candidates::Page;
 use super::conn::Conns;
 use super::convert::{is_open, status_literal, to_records};
 use super::entities::{accounts, alert_logs};
@@ -40,6 +41,14 @@ pub(super) const ROWS_PER_CASE: usize = 200;
 
 use alert_logs::Column as L;
 
+/// The accounts one claim transaction looks at.
+pub(super) enum Scope<'a> {
+    /// These accounts, by id (a check).
+    Ids(&'a [String]),
+    /// A sweep's page of candidates, read again under the lock.
+    Page(&'a Page),
+}
+
 /// One claim transaction.
 pub(super) struct ClaimTxn<'a> {
     pub(super) lease: &'a LeaseHolder,
@@ -52,20 +61,42 @@ pub(super) struct ClaimTxn<'a> {
 }
 
 impl ClaimTxn<'_> {
-    /// Claims for `ids` (in id order) and commits.
+    /// Claims for the accounts of `scope` and commits.
     pub(super) async fn run(
         &self,
         conns: &Conns,
-        ids: &[String],
+        scope: Scope<'_>,
     ) -> Result<ClaimBatch, StoreError> {
         let cutoffs = self.rules.cutoffs(self.now);
         let txn = conns.begin_write().await?;
-        let accounts = lock_and_read(&txn, conns, ids, self.wait)
-            .await
-            .map_err(conns.err("cannot lock accounts"))?;
-        let (locked, gone) = missing(&txn, ids, &accounts)
-            .await
-            .map_err(conns.err("cannot read accounts"))?;
+        let (accounts, locked, gone, changed) = match scope {
+            Scope::Ids(ids) => {
+                let accounts = lock_and_read(&txn, conns, self.select(), ids, self.wait)
+                    .await
+                    .map_err(conns.err("cannot lock accounts"))?;
+                let (locked, gone) = missing(&txn, ids, &accounts)
+                    .await
+                    .map_err(conns.err("cannot read accounts"))?;
+                (accounts, locked, gone, 0)
+            }
+            Scope::Page(page) => {
+                let filter = page.filter(
+                    self.rules.default_threshold,
+                    self.channels,
+                    &cutoffs,
+                    conns.dialect,
+                );
+                let select = self
+                    .select()
+                    .filter(filter)
+                    .order_by_asc(accounts::Column::Id);
+                let accounts = read(&txn, conns.dialect.lock_rows(select, self.wait))
+                    .await
+                    .map_err(conns.err("cannot lock accounts"))?;
+                let changed = page.listed.saturating_sub(accounts.len() as u64);
+                (accounts, 0, 0, changed)
+            }
+        };
         let locked_ids: Vec<&str> = accounts.iter().map(|a| a.id.as_str()).collect();
         let rows = open_and_recent(&txn, &locked_ids, cutoffs.cooldown_since)
             .await
@@ -80,6 +111,7 @@ impl ClaimTxn<'_> {
         );
         plan.tally.locked += locked;
         plan.tally.gone += gone;
+        plan.tally.changed += changed;
         let expired = take_over(&txn, &plan.expire, Takeover::Expire, self.lease, &cutoffs)
             .await
             .map_err(conns.err("cannot expire alerts in alert_logs"))?;
@@ -123,42 +155,52 @@ type AccountRow = (
     Option<String>,
 );
 
+impl ClaimTxn<'_> {
+    /// The account columns a claim decides on.
+    fn select(&self) -> sea_orm::Select<accounts::Entity> {
+        use accounts::Column as A;
+        accounts::Entity::find().select_only().columns([
+            A::Id,
+            A::OwnerEmail,
+            A::OwnerName,
+            A::BalanceMinor,
+            A::AlertThresholdMinor,
+            A::OwnerPhone,
+            A::Currency,
+            A::AlertPolicy,
+            A::AlertChannels,
+            A::Timezone,
+            A::QuietHours,
+        ])
+    }
+}
+
+async fn read<C: ConnectionTrait>(
+    db: &C,
+    select: sea_orm::Select<accounts::Entity>,
+) -> Result<Vec<Account>, DbErr> {
+    let rows: Vec<AccountRow> = select.into_tuple().all(db).await?;
+    Ok(rows.into_iter().map(account).collect())
+}
+
 /// Locks the accounts and reads them as they are now, in id order; an account another
 /// claimer holds (PostgreSQL, sweep) or one deleted is left out.
 async fn lock_and_read(
     txn: &DatabaseTransaction,
     conns: &Conns,
+    select: sea_orm::Select<accounts::Entity>,
     ids: &[String],
     wait: bool,
 ) -> Result<Vec<Account>, DbErr> {
     use accounts::Column as A;
     let mut out = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(IDS_PER_QUERY) {
-        let select = accounts::Entity::find()
-            .select_only()
-            .columns([
-                A::Id,
-                A::OwnerEmail,
-                A::OwnerName,
-                A::BalanceMinor,
-                A::AlertThresholdMinor,
-                A::OwnerPhone,
-                A::Currency,
-                A::AlertPolicy,
-                A::AlertChannels,
-                A::Timezone,
-                A::QuietHours,
-            ])
+        let select = select
+            .clone()
             .filter(A::Id.is_in(chunk.iter().map(String::as_str)))
             // One order for every claimer, so waiting claimers cannot deadlock.
             .order_by_asc(A::Id);
-        let rows: Vec<AccountRow> = conns
-            .dialect
-            .lock_rows(select, wait)
-            .into_tuple()
-            .all(txn)
-            .await?;
-        out.extend(rows.into_iter().map(account));
+        out.append(&mut read(txn, conns.dialect.lock_rows(select, wait)).await?);
     }
     Ok(out)
 }

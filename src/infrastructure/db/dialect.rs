@@ -53,6 +53,11 @@ impl Dialect {
         }
     }
 
+    /// Whether the writer pool is one connection, which its users take turns on.
+    pub(super) fn single_writer(self) -> bool {
+        self == Self::Sqlite
+    }
+
     /// Claim transactions one sweep runs at once. SQLite has one writer: a second claim would
     /// only queue behind the first (and the outcomes being recorded behind both). A server
     /// runs two on two cores while this process delivers: a claim's backend idles between

@@ -1,6 +1,7 @@
 //! The database adapter: connection set-up (with the SQLite pragmas a daemon needs), the
 //! SeaORM entities, and the [`AlertStore`](crate::domain::ports::AlertStore) implementation.
 
+mod backlog;
 mod candidates;
 mod claim;
 mod conn;

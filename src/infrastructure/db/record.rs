@@ -3,13 +3,15 @@
 //!
 //! A sweep records thousands of small batches (at most `notify.concurrency` rows each: they
 //! bound the duplicates a crash can cause). sqlx tests every connection given back to its
-//! pool with a round trip, so the recorder keeps one connection from batch to batch and gives
-//! it back when no batch came for [`RELEASE_WHEN_IDLE`] or after [`HOLD_AT_MOST`]: on SQLite
-//! it is the single writer, which the next claim and a concurrent `check` wait for.
+//! pool with a round trip, so the recorder keeps one connection from batch to batch. On
+//! SQLite it is the single writer: every other user of the writer pool (a claim, a renewal,
+//! a check) takes turns with the recorder ([`Recorder::taking_turns`]). The recorder takes a
+//! fresh connection when the held one was idle for [`RELEASE_WHEN_IDLE`] (it may have died)
+//! or held for [`HOLD_AT_MOST`], checked at the next batch: a timer per batch that released
+//! it when idle woke the runtime thousands of times a sweep (README "Performance").
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sea_orm::sea_query::{
@@ -33,13 +35,20 @@ use alert_logs::Column as L;
 /// `last_error` is for people; keep it readable and bounded.
 const MAX_ERROR_CHARS: usize = 1000;
 
-/// Give the connection back when no batch came for this long.
-const RELEASE_WHEN_IDLE: Duration = Duration::from_millis(2);
-
 /// Give the connection back at the next batch after holding it this long.
 const HOLD_AT_MOST: Duration = Duration::from_millis(100);
 
-/// The connection kept between batches, of the writer's kind.
+/// Give the connection back at the next batch when none came for this long.
+const RELEASE_WHEN_IDLE: Duration = Duration::from_millis(50);
+
+/// The connection kept between batches.
+struct HeldConn {
+    conn: Held,
+    since: Instant,
+    last_used: Instant,
+}
+
+/// A connection of the writer's kind.
 enum Held {
     Sqlite(PoolConnection<Sqlite>),
     Postgres(PoolConnection<Postgres>),
@@ -48,18 +57,30 @@ enum Held {
 /// Records outcome batches on a held connection.
 pub(super) struct Recorder {
     conns: Arc<Conns>,
-    held: Arc<Mutex<Option<(Held, Instant)>>>,
-    /// Bumped at every batch: an idle release only drops the connection of the last one.
-    batches: Arc<AtomicU64>,
+    held: Mutex<Option<HeldConn>>,
 }
 
 impl Recorder {
     pub(super) fn new(conns: Arc<Conns>) -> Self {
         Self {
             conns,
-            held: Arc::default(),
-            batches: Arc::default(),
+            held: Mutex::default(),
         }
+    }
+
+    /// Runs `work` — another user of the writer pool — with the held connection given back to
+    /// the pool and no batch recorded meanwhile: on SQLite's one-connection writer pool the
+    /// two take turns, in the order they asked (tokio's mutex is fair), so neither waits on
+    /// the pool for long. On PostgreSQL `work` just runs.
+    pub(super) async fn taking_turns<T>(&self, work: impl Future<Output = T>) -> T {
+        if !self.conns.dialect.single_writer() {
+            return work.await;
+        }
+        let mut slot = self.held.lock().await;
+        *slot = None;
+        let result = work.await;
+        drop(slot);
+        result
     }
 
     /// Records a batch; returns how many outcomes were written (the others' claims are no
@@ -74,48 +95,66 @@ impl Recorder {
             return Ok(0);
         }
         let mut slot = self.held.lock().await;
-        let (held, since) = match slot.take() {
-            Some(held) => slot.insert(held),
-            None => {
-                let held = self
-                    .acquire()
-                    .await
-                    .map_err(|e| self.conns.err("cannot connect")(sqlx_err(e)))?;
-                slot.insert((held, Instant::now()))
-            }
-        };
-        let begin = self.conns.dialect.begin();
-        let result = match held {
-            Held::Sqlite(conn) => {
-                execute::<Sqlite, SqliteQueryBuilder>(conn, &statements, begin).await
-            }
-            Held::Postgres(conn) => {
-                execute::<Postgres, PostgresQueryBuilder>(conn, &statements, begin).await
-            }
-        };
-        if result.is_err() || since.elapsed() >= HOLD_AT_MOST {
-            // After an error the pool's check decides whether the connection is still usable.
+        // A connection left idle may have died meanwhile (a database restart): it would fail
+        // the batch after its alerts were delivered. Held across batches only while they
+        // follow each other; otherwise one from the pool, which tests it first.
+        if slot
+            .as_ref()
+            .is_some_and(|held| held.last_used.elapsed() >= RELEASE_WHEN_IDLE)
+        {
             *slot = None;
         }
+        let reused = slot.is_some();
+        let mut result = self.execute_on(&mut slot, &statements).await;
+        if result.is_err() && reused {
+            // The held connection failed: once more on a fresh one before giving up on the
+            // batch (its alerts were delivered; unrecorded, they would be sent again). If the
+            // first attempt did commit, the fence makes the second change nothing.
+            result = self.execute_on(&mut slot, &statements).await;
+        }
         drop(slot);
-        let written = result.map_err(|(e, what)| self.conns.err(what)(sqlx_err(e)))?;
+        let written = result?;
         self.conns.count_commit();
-        self.release_when_idle();
         Ok(written)
     }
 
-    fn release_when_idle(&self) {
-        let batch = self.batches.fetch_add(1, Ordering::Relaxed) + 1;
-        let (held, batches) = (self.held.clone(), self.batches.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep(RELEASE_WHEN_IDLE).await;
-            if batches.load(Ordering::Relaxed) == batch {
-                let mut slot = held.lock().await;
-                if batches.load(Ordering::Relaxed) == batch {
-                    *slot = None;
-                }
+    /// Runs the statements on the held connection (acquiring one if none is held) and keeps
+    /// it for the next batch unless the run failed or it was held for [`HOLD_AT_MOST`].
+    async fn execute_on(
+        &self,
+        slot: &mut Option<HeldConn>,
+        statements: &[(UpdateStatement, &'static str)],
+    ) -> Result<u64, StoreError> {
+        let held = match slot.take() {
+            Some(held) => slot.insert(held),
+            None => {
+                let conn = self
+                    .acquire()
+                    .await
+                    .map_err(|e| self.conns.err("cannot connect")(sqlx_err(e)))?;
+                let now = Instant::now();
+                slot.insert(HeldConn {
+                    conn,
+                    since: now,
+                    last_used: now,
+                })
             }
-        });
+        };
+        let begin = self.conns.dialect.begin();
+        let result = match &mut held.conn {
+            Held::Sqlite(conn) => {
+                execute::<Sqlite, SqliteQueryBuilder>(conn, statements, begin).await
+            }
+            Held::Postgres(conn) => {
+                execute::<Postgres, PostgresQueryBuilder>(conn, statements, begin).await
+            }
+        };
+        held.last_used = Instant::now();
+        if result.is_err() || held.since.elapsed() >= HOLD_AT_MOST {
+            // After an error the pool's check decides whether the connection is still usable.
+            *slot = None;
+        }
+        result.map_err(|(e, what)| self.conns.err(what)(sqlx_err(e)))
     }
 
     async fn acquire(&self) -> Result<Held, sqlx::Error> {
@@ -138,6 +177,15 @@ impl Recorder {
 
     /// Renews the lease on `alerts` where `lease` still holds them; returns those renewed.
     pub(super) async fn renew(
+        &self,
+        lease: &LeaseHolder,
+        alerts: &[AlertId],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<AlertId>, StoreError> {
+        self.taking_turns(self.renew_now(lease, alerts, now)).await
+    }
+
+    async fn renew_now(
         &self,
         lease: &LeaseHolder,
         alerts: &[AlertId],

@@ -16,8 +16,10 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::debug;
 
 use super::SQLITE_CHECKPOINT_WHEN_IDLE;
+use super::backlog;
+use super::candidates::Page;
 use super::candidates::{self, Listing};
-use super::claim::ClaimTxn;
+use super::claim::{ClaimTxn, Scope};
 use super::conn::Conns;
 use super::dialect::Dialect;
 use super::entities::accounts;
@@ -141,15 +143,18 @@ impl AlertStore for SeaOrmStore {
                 page_size: request.page_size,
             },
         );
-        let conns = self.conns.clone();
+        let (conns, recorder) = (self.conns.clone(), self.recorder.clone());
         let request = Arc::new(request);
         // Each claim is a task of its own, so its write transaction commits whatever the
         // consumer is doing; `buffered` keeps them in page order.
         let mut claimed = pages
             .map(move |page| {
                 let (conns, request, clock) = (conns.clone(), request.clone(), clock.clone());
+                let recorder = recorder.clone();
                 let task = AbortOnDropHandle::new(tokio::spawn(async move {
-                    claim_page(&conns, &request, clock.now(), &page?).await
+                    let page = page?;
+                    let claim = claim_page(&conns, &request, clock.now(), &page);
+                    recorder.taking_turns(claim).await
                 }));
                 async move {
                     task.await.unwrap_or_else(|e| {
@@ -193,7 +198,11 @@ impl AlertStore for SeaOrmStore {
             wait: true,
             keep_decisions: true,
         };
-        let batch = txn.run(&self.conns, &[account.as_str().to_owned()]).await?;
+        let ids = [account.as_str().to_owned()];
+        let batch = self
+            .recorder
+            .taking_turns(txn.run(&self.conns, Scope::Ids(&ids)))
+            .await?;
         lease.hold(batch.claims.iter().map(|c| &c.alert_id), now);
         Ok(batch)
     }
@@ -210,6 +219,15 @@ impl AlertStore for SeaOrmStore {
     async fn record(&self, lease: &LeaseHolder, outcomes: &[Outcome]) -> Result<u64, StoreError> {
         self.recorder.record(lease, outcomes).await
     }
+
+    async fn keep_audit_backlog(&self, lines: &[String]) -> Result<(), StoreError> {
+        let keep = backlog::keep(&self.conns, lines);
+        self.recorder.taking_turns(keep).await
+    }
+
+    async fn take_audit_backlog(&self) -> Result<Vec<String>, StoreError> {
+        self.recorder.taking_turns(backlog::take(&self.conns)).await
+    }
 }
 
 /// Claims one page of a sweep; the claims join the sweep's lease as soon as they are
@@ -218,7 +236,7 @@ async fn claim_page(
     conns: &Conns,
     request: &SweepClaims,
     now: DateTime<Utc>,
-    ids: &[String],
+    page: &Page,
 ) -> Result<ClaimBatch, StoreError> {
     let txn = ClaimTxn {
         lease: request.lease.holder(),
@@ -228,7 +246,7 @@ async fn claim_page(
         wait: false,
         keep_decisions: false,
     };
-    let batch = txn.run(conns, ids).await?;
+    let batch = txn.run(conns, Scope::Page(page)).await?;
     request
         .lease
         .hold(batch.claims.iter().map(|c| &c.alert_id), now);
