@@ -275,6 +275,7 @@ impl AlertStore for InMemoryStore {
                 continue;
             };
             row.record.status = outcome.status;
+            row.claimed_by = None;
             row.record.attempts += outcome.attempts;
             row.last_error = outcome.error.clone();
             match outcome.status {

@@ -428,6 +428,7 @@ async fn take_over(
                 update
                     .value(L::Status, status_literal(AlertStatus::Expired))
                     .value(L::ClaimedAt, cutoffs.now)
+                    .value(L::ClaimedBy, Expr::Constant(Option::<String>::None.into()))
                     .value(
                         L::LastError,
                         Expr::val("gave up: still failing after delivery.give_up_after"),

@@ -316,6 +316,12 @@ fn sqlx_err(e: sqlx::Error) -> DbErr {
 }
 
 /// The statements recording a batch of outcomes, each with what it does for error messages.
+/// A recorded outcome has no holder any more (a later claim sets its own): the row, kept for
+/// years, shrinks back by the holder's bytes.
+fn no_holder() -> Expr {
+    Expr::Constant(Option::<String>::None.into())
+}
+
 fn outcome_updates(
     lease: &LeaseHolder,
     outcomes: &[Outcome],
@@ -350,6 +356,7 @@ fn outcome_updates(
                     Expr::col(L::Attempts).add(attempts_column(attempts)),
                 )
                 .value(L::LastError, Expr::Constant(Option::<String>::None.into()))
+                .value(L::ClaimedBy, no_holder())
                 .and_where(L::Id.is_in(chunk.iter().map(|o| o.alert_id.as_str())))
                 .and_where(held_by(lease));
             statements.push((update, "cannot mark alerts sent"));
@@ -374,6 +381,7 @@ fn outcome_updates(
                     Expr::col(L::Attempts).add(by_id(attempts, L::Attempts)),
                 )
                 .value(L::LastError, by_id(errors, L::LastError))
+                .value(L::ClaimedBy, no_holder())
                 .and_where(L::Id.is_in(chunk.iter().map(|o| o.alert_id.as_str())))
                 .and_where(held_by(lease));
             statements.push((update, "cannot record failed deliveries"));
