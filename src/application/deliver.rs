@@ -287,6 +287,7 @@ async fn deliver_one(
         attempts,
         at,
         error: error.as_ref().map(|e| e.message.clone()),
+        contact: (status == AlertStatus::Failed).then(|| claim.account.contact().to_owned()),
     };
     if let Some(e) = &error {
         warn!(alert_id = %claim.alert_id, account_id = %claim.account.id, channel = %claim.channel,

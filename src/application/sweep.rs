@@ -227,6 +227,7 @@ pub(super) fn audit_given_up(ctx: &AlertContext, expired: &[Claim]) {
                 error: Some(format!(
                     "gave up: still failing {after} after the alert was created (delivery.give_up_after)"
                 )),
+                contact: None,
             };
             deliver::audit_entry(ctx, claim, &outcome, claim.account.owner_email.clone(), None)
         })

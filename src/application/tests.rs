@@ -367,6 +367,7 @@ async fn only_the_current_holder_records_an_outcome() {
         attempts: 1,
         at: h.clock.now(),
         error: Some("late".into()),
+        contact: None,
     };
     assert_eq!(
         h.store

@@ -394,6 +394,9 @@ pub struct Outcome {
     pub at: DateTime<Utc>,
     /// Why it failed (`retry`, `failed`, `expired`).
     pub error: Option<String>,
+    /// `failed` only: the contact details it failed on (the alert stays parked until the
+    /// account's differ). Other rows do not store them.
+    pub contact: Option<String>,
 }
 
 #[cfg(test)]

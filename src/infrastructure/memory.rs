@@ -133,7 +133,7 @@ impl InMemoryStore {
                     created_at: now,
                     claimed_at: now,
                     sent_at: None,
-                    contact: Some(claim.account.contact().to_owned()),
+                    contact: None,
                 },
                 claimed_by: Some(holder.as_str().to_owned()),
                 threshold_minor: claim.threshold.minor(),
@@ -156,7 +156,7 @@ impl InMemoryStore {
         take(&mut state, &plan.retries, &|row, claim| {
             row.record.status = AlertStatus::Pending;
             row.record.claimed_at = now;
-            row.record.contact = Some(claim.account.contact().to_owned());
+            row.record.contact = None;
             row.claimed_by = Some(holder.as_str().to_owned());
             row.threshold_minor = claim.threshold.minor();
             row.balance_minor = claim.account.balance.minor();
@@ -276,6 +276,9 @@ impl AlertStore for InMemoryStore {
             };
             row.record.status = outcome.status;
             row.claimed_by = None;
+            if outcome.status == AlertStatus::Failed {
+                row.record.contact = outcome.contact.clone();
+            }
             row.record.attempts += outcome.attempts;
             row.last_error = outcome.error.clone();
             match outcome.status {

@@ -369,6 +369,12 @@ fn outcome_updates(
                 .map(|o| (&o.alert_id, Expr::val(attempts_column(o.attempts))));
             let errors = chunk.iter().map(|o| (&o.alert_id, error_text(o)));
             let mut update = Query::update();
+            if status == AlertStatus::Failed.as_str() {
+                let contacts = chunk
+                    .iter()
+                    .map(|o| (&o.alert_id, Expr::val(o.contact.clone())));
+                update.value(L::Contact, by_id(contacts, L::Contact));
+            }
             if status == AlertStatus::Expired.as_str() {
                 // When it was given up: the cooldown after it starts there.
                 update.value(L::ClaimedAt, chunk.iter().map(|o| o.at).max());

@@ -19,7 +19,8 @@ pub struct Model {
     pub sent_at: Option<DateTimeUtc>,
     /// The lease holder of a `pending` claim.
     pub claimed_by: Option<String>,
-    /// The contact details the alert was addressed to.
+    /// `failed` rows: the contact details the delivery failed on (parked until the
+    /// account's differ). Null on other rows.
     pub contact: Option<String>,
     pub currency: Option<String>,
     pub resolved_at: Option<DateTimeUtc>,
