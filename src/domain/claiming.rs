@@ -16,9 +16,11 @@ pub struct ClaimTally {
     pub claimed: u64,
     /// Below the threshold, but every channel in cooldown, in flight elsewhere or parked.
     pub nothing_due: u64,
-    /// Locked by another claimer at that moment (it is being claimed elsewhere).
+    /// Locked by another claimer at that moment (a check's account; see `changed` for pages).
     pub locked: u64,
     /// No longer below the threshold when read under the lock (topped up, re-thresholded).
+    /// For a sweep's page, which is read again by id range, every listed account the lock no
+    /// longer finds: changed, deleted, or (PostgreSQL) locked by another claimer.
     pub changed: u64,
     /// Deleted since it was listed.
     pub gone: u64,
