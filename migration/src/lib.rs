@@ -13,6 +13,7 @@ mod m20261127_000004_sweep_in_account_order;
 mod m20261127_000005_ids_compare_bytewise;
 mod m20261201_000006_leases_and_failure_classes;
 mod m20261202_000007_audit_backlog;
+mod m20261202_000008_alert_policies;
 
 /// Applies the migrations in order; `seaql_migrations` records what ran.
 pub struct Migrator;
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000005_ids_compare_bytewise::Migration),
             Box::new(m20261201_000006_leases_and_failure_classes::Migration),
             Box::new(m20261202_000007_audit_backlog::Migration),
+            Box::new(m20261202_000008_alert_policies::Migration),
         ]
     }
 }

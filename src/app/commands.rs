@@ -196,6 +196,19 @@ fn explain(result: &ChannelResult) -> String {
                 "in cooldown since {}; not sent",
                 since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             ),
+            Decision::NotRearmed { since } => format!(
+                "once: not re-armed since the alert of {}; not sent until a sweep sees the \
+                 balance recovered",
+                since.format("%Y-%m-%d %H:%M UTC")
+            ),
+            Decision::AlreadyToday { since } => format!(
+                "daily: already alerted today (at {}); not sent",
+                since.format("%Y-%m-%d %H:%M UTC")
+            ),
+            Decision::Deferred { quiet_hours } => format!(
+                "quiet hours {quiet_hours}: deferred until {}",
+                quiet_hours.end.format("%H:%M")
+            ),
             Decision::InFlight { .. } => "being delivered by another sweep".into(),
             Decision::Parked { alert_id } => format!(
                 "failed permanently on these contact details (alert {alert_id}); \

@@ -58,6 +58,8 @@ pub async fn run_demo() -> Result<ExitCode, AppError> {
             cooldown: Duration::from_secs(24 * 3600),
             claim_timeout: Duration::from_secs(300),
             give_up_after: Duration::from_secs(24 * 3600),
+            policy: crate::domain::PolicyDefaults::default(),
+            rearm_margin: crate::domain::Money::from_minor(0),
         },
         delivery: DeliveryPolicy {
             max_attempts: 1,

@@ -237,6 +237,16 @@ async fn deliver_one(
     }
     let (attempts, result, recipient) =
         match (channel, EmailAddress::parse(&claim.account.owner_email)) {
+            // A setting of the account's row cannot be honoured: fail it, send nothing.
+            (Some(_), _) if claim.rejected.is_some() => (
+                0,
+                Err(DeliveryError::permanent(format!(
+                    "account {}: {}",
+                    claim.account.id,
+                    claim.rejected.as_deref().unwrap_or_default()
+                ))),
+                claim.account.owner_email.clone(),
+            ),
             // Only possible if the store returned a claim for a channel we did not ask for.
             (None, _) => (
                 0,
@@ -287,7 +297,7 @@ async fn deliver_one(
         attempts,
         at,
         error: error.as_ref().map(|e| e.message.clone()),
-        contact: (status == AlertStatus::Failed).then(|| claim.account.contact().to_owned()),
+        contact: (status == AlertStatus::Failed).then(|| claim.contact.clone()),
     };
     if let Some(e) = &error {
         warn!(alert_id = %claim.alert_id, account_id = %claim.account.id, channel = %claim.channel,

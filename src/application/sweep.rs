@@ -40,10 +40,12 @@ pub struct SweepSummary {
     /// Deliveries attempted that did not get through (`retry` + permanently `failed` +
     /// `expired` after an attempt).
     pub failed: u64,
-    /// Below the threshold with nothing due: every channel in cooldown, in flight in another
-    /// sweep, or parked after a permanent failure. Skipped accounts are not counted here.
+    /// Below the threshold with nothing due: every channel blocked by the policy (cooldown,
+    /// `once` not re-armed, `daily` already alerted today), in flight in another sweep, or
+    /// parked after a permanent failure. Skipped and deferred accounts are not counted here.
     pub in_cooldown: u64,
-    /// Due but inside quiet hours (none yet: quiet hours are not configurable yet).
+    /// Due but inside the account's quiet hours: not claimed; the first sweep after the
+    /// window sends them if they are still due then.
     pub deferred: u64,
     pub duration_ms: u64,
     /// Transient failures, due again at the next sweep.
@@ -89,8 +91,8 @@ impl SweepSummary {
             eligible,
             sent: delivered.sent,
             failed: delivered.unsuccessful(),
-            in_cooldown: below_threshold.saturating_sub(eligible + skipped),
-            deferred: 0,
+            in_cooldown: below_threshold.saturating_sub(eligible + skipped + claimed.deferred),
+            deferred: claimed.deferred,
             duration_ms: 0,
             retry: delivered.retry,
             expired: delivered.expired + expired_unsent,
@@ -131,6 +133,14 @@ impl BulkBalanceAlert {
     ) -> Result<SweepSummary, SweepError> {
         let started = Instant::now();
         let ctx = &self.ctx;
+        // Recoveries first: an account re-armed now is alerted by this sweep if it dipped.
+        let resolved = ctx
+            .store
+            .resolve_recovered(&ctx.rules, ctx.clock.now())
+            .await?;
+        if resolved > 0 {
+            tracing::debug!(resolved, "Recovered accounts re-armed (policy once).");
+        }
         let below_threshold = ctx.store.count_below_threshold(&ctx.rules).await?;
         let lease = Arc::new(Lease::new(ctx.rules.claim_timeout));
         let _renewer = deliver::spawn_renewer(ctx, lease.clone());

@@ -143,6 +143,8 @@ impl Harness {
                 cooldown: 24 * HOUR,
                 claim_timeout: Duration::from_secs(300),
                 give_up_after: 24 * HOUR,
+                policy: crate::domain::PolicyDefaults::default(),
+                rearm_margin: crate::domain::Money::from_minor(0),
             },
             delivery: DeliveryPolicy {
                 max_attempts: 2,

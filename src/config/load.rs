@@ -11,7 +11,8 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
 use super::{ChannelKind, Settings};
-use crate::domain::{AlertRules, Currency, Money, MoneyError};
+use crate::domain::policy::parse_timezone;
+use crate::domain::{AlertRules, Currency, Money, MoneyError, Policy, PolicyDefaults, QuietHours};
 
 /// The built-in defaults: the same file operators read, so the two cannot drift.
 pub const DEFAULTS: &str = include_str!("../../config/default.toml");
@@ -144,6 +145,8 @@ fn validate(settings: Settings) -> Result<LoadedConfig, ConfigError> {
         cooldown: settings.alert.cooldown,
         claim_timeout: settings.delivery.claim_timeout,
         give_up_after: settings.delivery.give_up_after,
+        policy: validate_policy(&settings.alert)?,
+        rearm_margin: validate_rearm_margin(&currency, &settings.alert.rearm_margin)?,
     };
     Ok(LoadedConfig {
         settings,
@@ -151,6 +154,33 @@ fn validate(settings: Settings) -> Result<LoadedConfig, ConfigError> {
         rules,
         warnings: Vec::new(),
     })
+}
+
+fn validate_policy(alert: &super::AlertSettings) -> Result<PolicyDefaults, ConfigError> {
+    Ok(PolicyDefaults {
+        policy: alert
+            .policy
+            .parse::<Policy>()
+            .map_err(|e| invalid("alert.policy", e))?,
+        timezone: parse_timezone(&alert.timezone).map_err(|e| invalid("alert.timezone", e))?,
+        quiet_hours: QuietHours::parse(&alert.quiet_hours)
+            .map_err(|e| invalid("alert.quiet_hours", e))?,
+    })
+}
+
+fn validate_rearm_margin(currency: &Currency, text: &str) -> Result<Money, ConfigError> {
+    let margin = currency
+        .parse_amount(text)
+        .map_err(|e| invalid("alert.rearm_margin", e.to_string()))?;
+    if margin < Money::from_minor(0) {
+        return Err(invalid(
+            "alert.rearm_margin",
+            format!(
+                "{text:?} is negative; the margin is how far above the threshold a balance must get"
+            ),
+        ));
+    }
+    Ok(margin)
 }
 
 fn validate_database(settings: &Settings) -> Result<(), ConfigError> {

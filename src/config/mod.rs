@@ -50,6 +50,15 @@ pub struct AlertSettings {
     pub threshold: String,
     #[serde(with = "humantime_serde")]
     pub cooldown: Duration,
+    /// `repeat`, `once` or `daily`.
+    pub policy: String,
+    /// A decimal string, validated against `currency.minor_digits`.
+    #[serde(deserialize_with = "load::decimal_string")]
+    pub rearm_margin: String,
+    /// An IANA time zone name.
+    pub timezone: String,
+    /// `"HH:MM-HH:MM"` or `""`.
+    pub quiet_hours: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

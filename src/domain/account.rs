@@ -71,9 +71,24 @@ impl Account {
 
     /// The contact details an alert is addressed to. A permanently failed alert stays
     /// parked while they are unchanged (SPEC §2): every channel today addresses the owner's
-    /// e-mail (console and e-mail send to it, Slack and webhook carry it).
-    pub fn contact(&self) -> &str {
-        &self.owner_email
+    /// e-mail (console and e-mail send to it, Slack and webhook carry it). When a setting of
+    /// the account cannot be honoured, that setting is part of them too, so that fixing it
+    /// retries the parked alert. Equal to `owner_email` otherwise: the candidate query
+    /// compares the stored contact with that column.
+    pub fn contact(&self, bad: Option<&super::policy::BadSetting>) -> String {
+        match bad {
+            None => self.owner_email.clone(),
+            Some(bad) => format!("{}\n{}={}", self.owner_email, bad.column, bad.value),
+        }
+    }
+
+    /// `once` re-arms at the effective threshold plus `margin` or above (a threshold so
+    /// close to the largest amount that the sum overflows cannot be reached).
+    pub fn has_recovered(&self, default: Money, margin: Money) -> bool {
+        self.effective_threshold(default)
+            .minor()
+            .checked_add(margin.minor())
+            .is_some_and(|rearm| self.balance.minor() >= rearm)
     }
 
     /// Strictly below: a balance equal to the threshold raises no alert.

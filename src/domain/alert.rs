@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::account::{Account, AccountId};
 use super::email::EmailAddress;
 use super::money::Money;
+use super::policy::{AccountPolicy, Policy, PolicyDefaults, QuietHours, start_of_day};
 
 /// The id an alert keeps for life: every retry reuses it, so receivers can drop duplicates
 /// (webhook `Idempotency-Key`, e-mail `Message-ID`).
@@ -120,6 +121,8 @@ pub struct AlertRecord {
     pub sent_at: Option<DateTime<Utc>>,
     /// The contact details the alert was addressed to (see [`Account::contact`]).
     pub contact: Option<String>,
+    /// When a sweep saw the account recovered after this alert (`once` re-arms on it).
+    pub resolved_at: Option<DateTime<Utc>>,
 }
 
 /// Stored alerts grouped by account: what the claim rules decide on, per channel.
@@ -165,6 +168,10 @@ pub struct AlertRules {
     pub claim_timeout: Duration,
     /// Transient failures are retried by later sweeps until the alert is this old.
     pub give_up_after: Duration,
+    /// Policy, time zone and quiet hours for accounts without their own.
+    pub policy: PolicyDefaults,
+    /// `once`: an account is recovered (re-armed) at threshold + this margin or above.
+    pub rearm_margin: Money,
 }
 
 /// The instants the rules compare stored timestamps with, at one moment. The candidate
@@ -178,6 +185,8 @@ pub struct Cutoffs {
     pub live_since: DateTime<Utc>,
     /// Alerts created before this are not retried after a transient failure: expired.
     pub give_up_before: DateTime<Utc>,
+    /// `daily`: the start of today in `alert.timezone` (accounts without their own zone).
+    pub today_since: DateTime<Utc>,
 }
 
 impl AlertRules {
@@ -187,6 +196,7 @@ impl AlertRules {
             cooldown_since: before(now, self.cooldown),
             live_since: before(now, self.claim_timeout),
             give_up_before: before(now, self.give_up_after),
+            today_since: start_of_day(self.policy.timezone, now),
         }
     }
 }
@@ -226,8 +236,15 @@ pub enum Decision {
         attempts: u32,
         created_at: DateTime<Utc>,
     },
-    /// An alert was sent (or given up) within the cooldown.
+    /// `repeat`: an alert was sent (or given up) within the cooldown.
     InCooldown { since: DateTime<Utc> },
+    /// `once`: alerted (or given up) for this dip at `since`; no sweep has seen the
+    /// account recovered since.
+    NotRearmed { since: DateTime<Utc> },
+    /// `daily`: already alerted (or given up) today, local time, at `since`.
+    AlreadyToday { since: DateTime<Utc> },
+    /// Due, but inside the account's quiet hours: deferred, not dropped.
+    Deferred { quiet_hours: QuietHours },
     /// Another sweep holds a live claim and is delivering it now.
     InFlight { claimed_at: DateTime<Utc> },
     /// It failed permanently on these very contact details: parked until they change.
@@ -242,24 +259,39 @@ impl Decision {
 }
 
 impl Cutoffs {
-    /// Decides for one account and channel from that pair's stored alerts (the open one, if
-    /// any, and those sent or expired since [`Self::cooldown_since`]; older ones are ignored).
-    /// `contact` is the account's contact details as read now.
+    /// Decides for one account and channel from that pair's stored alerts under `policy`
+    /// (the open one, if any, and those that may still block a new one: sent or given up
+    /// since [`Self::cooldown_since`] or within the last two days, or not yet resolved;
+    /// others are ignored). `contact` is the account's contact details as read now. Quiet
+    /// hours are the caller's to apply: they defer what this finds due.
     pub fn decide<'a>(
         &self,
         contact: &str,
+        policy: &AccountPolicy,
         records: impl IntoIterator<Item = &'a AlertRecord>,
     ) -> Decision {
         let mut open = None;
         for record in records {
-            if let Some(sent_at) = record.sent_at.filter(|at| *at >= self.cooldown_since) {
-                return Decision::InCooldown { since: sent_at };
-            }
-            // Given up: no new alert for a cooldown after that (its `claimed_at` is when).
-            if record.status == AlertStatus::Expired && record.claimed_at >= self.cooldown_since {
-                return Decision::InCooldown {
-                    since: record.claimed_at,
-                };
+            // When an alert that blocks the next one happened: its sending, or for an
+            // `expired` one its giving up (`claimed_at`).
+            let closed_at = match record.status {
+                AlertStatus::Sent => record.sent_at,
+                AlertStatus::Expired => Some(record.claimed_at),
+                _ => None,
+            };
+            if let Some(since) = closed_at {
+                match policy.policy {
+                    Policy::Repeat if since >= self.cooldown_since => {
+                        return Decision::InCooldown { since };
+                    }
+                    Policy::Once if record.resolved_at.is_none() => {
+                        return Decision::NotRearmed { since };
+                    }
+                    Policy::Daily if policy.local_date(since) == policy.local_date(self.now) => {
+                        return Decision::AlreadyToday { since };
+                    }
+                    _ => {}
+                }
             }
             if record.status.is_open() {
                 open = Some(record);
@@ -316,6 +348,12 @@ pub struct Claim {
     /// Attempts made by earlier sweeps for this alert.
     pub prior_attempts: u32,
     pub created_at: DateTime<Utc>,
+    /// The account's contact details as decided on (see [`Account::contact`]); stored with
+    /// a permanent failure, which stays parked while they are unchanged.
+    pub contact: String,
+    /// A per-account setting the daemon cannot honour (it names the column and value): the
+    /// delivery fails permanently without being sent.
+    pub rejected: Option<String>,
 }
 
 /// What a channel is asked to deliver.
@@ -412,6 +450,8 @@ mod tests {
             cooldown: 24 * HOUR,
             claim_timeout: Duration::from_secs(300),
             give_up_after: 24 * HOUR,
+            policy: crate::domain::PolicyDefaults::default(),
+            rearm_margin: crate::domain::Money::from_minor(0),
         }
     }
 
@@ -436,11 +476,27 @@ mod tests {
             claimed_at: at,
             sent_at: (status == AlertStatus::Sent).then_some(at),
             contact: Some(CONTACT.into()),
+            resolved_at: None,
+        }
+    }
+
+    fn policy(policy: Policy, tz: &str) -> AccountPolicy {
+        AccountPolicy {
+            policy,
+            policy_from: crate::domain::policy::Source::Config,
+            timezone: crate::domain::policy::parse_timezone(tz).unwrap(),
+            quiet_hours: None,
         }
     }
 
     fn decide(records: &[AlertRecord]) -> Decision {
-        rules().cutoffs(now()).decide(CONTACT, records)
+        decide_under(Policy::Repeat, records)
+    }
+
+    fn decide_under(p: Policy, records: &[AlertRecord]) -> Decision {
+        rules()
+            .cutoffs(now())
+            .decide(CONTACT, &policy(p, "UTC"), records)
     }
 
     #[test]
@@ -483,9 +539,11 @@ mod tests {
             decide(std::slice::from_ref(&failed)),
             Decision::Parked { .. }
         ));
-        let fixed = rules()
-            .cutoffs(now())
-            .decide("fixed@example.com", [&failed]);
+        let fixed = rules().cutoffs(now()).decide(
+            "fixed@example.com",
+            &policy(Policy::Repeat, "UTC"),
+            [&failed],
+        );
         assert!(matches!(fixed, Decision::Retry { alert_id, .. } if alert_id.as_str() == "a1"));
     }
 
@@ -505,6 +563,50 @@ mod tests {
             decide(&[retry, sent]),
             Decision::InCooldown { .. }
         ));
+    }
+
+    #[test]
+    fn once_blocks_until_a_recovery_is_resolved_whatever_the_cooldown() {
+        let long_ago = record(AlertStatus::Sent, ago(30 * 24 * 60));
+        assert!(matches!(
+            decide_under(Policy::Once, std::slice::from_ref(&long_ago)),
+            Decision::NotRearmed { .. }
+        ));
+        let expired = record(AlertStatus::Expired, ago(30 * 24 * 60));
+        assert!(matches!(
+            decide_under(Policy::Once, &[expired]),
+            Decision::NotRearmed { .. }
+        ));
+        // Recovered since: the next dip alerts at once, even within the cooldown.
+        let mut recent = record(AlertStatus::Sent, ago(60));
+        recent.resolved_at = Some(ago(30));
+        assert_eq!(decide_under(Policy::Once, &[recent]), Decision::New);
+    }
+
+    #[test]
+    fn daily_allows_one_alert_per_local_calendar_day() {
+        // now() is 12:00 UTC = 13:00 in Paris (CET) and 07:00 in New York (EST).
+        let at_0830_utc = record(AlertStatus::Sent, ago(210));
+        let cutoffs = rules().cutoffs(now());
+        let paris = policy(Policy::Daily, "Europe/Paris");
+        assert!(matches!(
+            cutoffs.decide(CONTACT, &paris, [&at_0830_utc]),
+            Decision::AlreadyToday { .. }
+        ));
+        // 04:30 UTC yesterday-evening in New York (23:30 EST on the 26th): another day there.
+        let at_0430_utc = record(AlertStatus::Sent, ago(450));
+        let new_york = policy(Policy::Daily, "America/New_York");
+        assert_eq!(
+            cutoffs.decide(CONTACT, &new_york, [&at_0430_utc]),
+            Decision::New
+        );
+        assert!(matches!(
+            cutoffs.decide(CONTACT, &paris, [&at_0430_utc]),
+            Decision::AlreadyToday { .. }
+        ));
+        // Yesterday 23:59 in Paris (22:59 UTC): a new day, although only 13 hours ago.
+        let yesterday = record(AlertStatus::Sent, ago(13 * 60 + 1));
+        assert_eq!(cutoffs.decide(CONTACT, &paris, [&yesterday]), Decision::New);
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub struct ClaimTally {
     pub changed: u64,
     /// Deleted since it was listed.
     pub gone: u64,
+    /// Due on a channel but inside quiet hours (and nothing claimed): deferred.
+    pub deferred: u64,
 }
 
 impl ClaimTally {
@@ -33,6 +35,7 @@ impl ClaimTally {
         self.locked += other.locked;
         self.changed += other.changed;
         self.gone += other.gone;
+        self.deferred += other.deferred;
     }
 
     /// Accounts listed as candidates but left alone because they changed under the sweep.
@@ -74,7 +77,14 @@ pub fn plan_claims(
             continue;
         }
         let threshold = account.effective_threshold(rules.default_threshold);
-        let mut claimed = false;
+        let (policy, bad) = rules.policy.for_account(account);
+        let contact = account.contact(bad.as_ref());
+        // A bad quiet-hours value cannot tell when to send: such an account is rejected.
+        let quiet = bad
+            .is_none()
+            .then(|| policy.quiet_now(cutoffs.now))
+            .flatten();
+        let (mut claimed, mut deferred) = (false, false);
         for channel in channels {
             let claim = |alert_id: AlertId, prior_attempts, created_at| Claim {
                 alert_id,
@@ -83,8 +93,13 @@ pub fn plan_claims(
                 threshold,
                 prior_attempts,
                 created_at,
+                contact: contact.clone(),
+                rejected: bad.as_ref().map(ToString::to_string),
             };
-            let decision = cutoffs.decide(account.contact(), by_pair.get(&account.id, channel));
+            let mut decision = cutoffs.decide(&contact, &policy, by_pair.get(&account.id, channel));
+            if let (true, Some(quiet_hours)) = (decision.is_claimable(), quiet) {
+                decision = Decision::Deferred { quiet_hours };
+            }
             match &decision {
                 Decision::New => {
                     plan.new.push(claim(AlertId::generate(), 0, cutoffs.now));
@@ -103,7 +118,10 @@ pub fn plan_claims(
                 } => plan
                     .expire
                     .push(claim(alert_id.clone(), *attempts, *created_at)),
+                Decision::Deferred { .. } => deferred = true,
                 Decision::InCooldown { .. }
+                | Decision::NotRearmed { .. }
+                | Decision::AlreadyToday { .. }
                 | Decision::InFlight { .. }
                 | Decision::Parked { .. } => {}
             }
@@ -115,6 +133,8 @@ pub fn plan_claims(
         }
         if claimed {
             plan.tally.claimed += 1;
+        } else if deferred {
+            plan.tally.deferred += 1;
         } else {
             plan.tally.nothing_due += 1;
         }

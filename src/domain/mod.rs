@@ -7,6 +7,7 @@ pub mod claiming;
 pub mod email;
 pub mod lease;
 pub mod money;
+pub mod policy;
 pub mod ports;
 
 pub use account::{Account, AccountId, AccountSettings};
@@ -18,3 +19,4 @@ pub use claiming::{ClaimPlan, ClaimTally, plan_claims};
 pub use email::{EmailAddress, InvalidEmail};
 pub use lease::{Lease, LeaseHolder};
 pub use money::{Currency, CurrencyError, Money, MoneyError};
+pub use policy::{AccountPolicy, BadSetting, Policy, PolicyDefaults, QuietHours};

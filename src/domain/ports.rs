@@ -63,6 +63,16 @@ pub trait AlertStore: Send + Sync {
     /// How many accounts are strictly below their effective threshold.
     async fn count_below_threshold(&self, rules: &AlertRules) -> Result<u64, StoreError>;
 
+    /// `once` policy: records that accounts whose policy is `once` and whose balance is at
+    /// or above their effective threshold plus `rules.rearm_margin` have recovered
+    /// (`resolved_at = now` on their alerts sent or given up and not yet resolved), which
+    /// re-arms them. Returns how many alerts it resolved.
+    async fn resolve_recovered(
+        &self,
+        rules: &AlertRules,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
+
     /// Claims every delivery due now, batch after batch: accounts below their threshold are
     /// locked (those another claimer holds are skipped), read again under the lock, decided
     /// with [`plan_claims`](super::claiming::plan_claims) on that fresh read, and their claims

@@ -13,7 +13,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use crate::domain::ports::{AlertStore, ClaimBatch, Clock, StoreError, SweepClaims};
 use crate::domain::{
     Account, AccountId, AlertId, AlertRecord, AlertRules, AlertStatus, ChannelName, Claim, Lease,
-    LeaseHolder, Outcome, plan_claims,
+    LeaseHolder, Outcome, Policy, plan_claims,
 };
 
 /// One stored alert, as `alert_logs` holds it.
@@ -134,6 +134,7 @@ impl InMemoryStore {
                     claimed_at: now,
                     sent_at: None,
                     contact: None,
+                    resolved_at: None,
                 },
                 claimed_by: Some(holder.as_str().to_owned()),
                 threshold_minor: claim.threshold.minor(),
@@ -190,6 +191,34 @@ impl AlertStore for InMemoryStore {
         Ok(below
             .filter(|a| a.is_below_threshold(rules.default_threshold))
             .count() as u64)
+    }
+
+    async fn resolve_recovered(
+        &self,
+        rules: &AlertRules,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let State {
+            accounts, alerts, ..
+        } = &mut *state;
+        let mut resolved = 0;
+        for alert in alerts.iter_mut() {
+            let r = &mut alert.record;
+            let closed = matches!(r.status, AlertStatus::Sent | AlertStatus::Expired);
+            let Some(account) = accounts.get(r.account_id.as_str()) else {
+                continue;
+            };
+            if closed
+                && r.resolved_at.is_none()
+                && rules.policy.for_account(account).0.policy == Policy::Once
+                && account.has_recovered(rules.default_threshold, rules.rearm_margin)
+            {
+                r.resolved_at = Some(now);
+                resolved += 1;
+            }
+        }
+        Ok(resolved)
     }
 
     fn claim_due(

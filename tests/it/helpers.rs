@@ -250,6 +250,8 @@ impl TestApp {
                 cooldown: 24 * HOUR,
                 claim_timeout: Duration::from_secs(300),
                 give_up_after: 24 * HOUR,
+                policy: balance_alertd::domain::PolicyDefaults::default(),
+                rearm_margin: balance_alertd::domain::Money::from_minor(0),
             },
             delivery: DeliveryPolicy {
                 max_attempts: 3,

@@ -11,6 +11,7 @@ mod field;
 mod helpers;
 mod hostile;
 mod operations;
+mod policies;
 mod process;
 mod properties;
 mod receiver;

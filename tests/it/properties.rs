@@ -4,6 +4,9 @@
 use std::collections::HashMap;
 
 use balance_alertd::config::{self, Sources};
+use balance_alertd::domain::policy::{
+    AccountPolicy, Policy, QuietHours, Source, parse_timezone, start_of_day,
+};
 use balance_alertd::domain::{
     AccountId, AlertId, AlertRecord, AlertStatus, ChannelName, Currency, EmailAddress, Lease,
     Money, MoneyError,
@@ -132,8 +135,22 @@ proptest! {
                     claimed_at,
                     sent_at: Some(claimed_at),
                     contact: Some("x@example.com".into()),
+                    resolved_at: None,
                 };
-                let _ = cutoffs.decide("x@example.com", [&record]);
+                // Every policy, in zones at both ends of the offsets, with a window.
+                for zone in ["UTC", "Pacific/Kiritimati", "Pacific/Pago_Pago", "Europe/Paris"] {
+                    for policy in Policy::ALL {
+                        let account = AccountPolicy {
+                            policy,
+                            policy_from: Source::Config,
+                            timezone: parse_timezone(zone).expect("zone"),
+                            quiet_hours: QuietHours::parse("22:00-07:00").expect("window"),
+                        };
+                        let _ = cutoffs.decide("x@example.com", &account, [&record]);
+                        let _ = account.quiet_now(now);
+                        let _ = start_of_day(account.timezone, now);
+                    }
+                }
                 let _ = cutoffs.after_transient_failure(created_at);
                 let timeout = loaded.settings.delivery.timeout;
                 let lease = Lease::new(loaded.settings.delivery.claim_timeout);

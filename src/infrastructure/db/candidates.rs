@@ -20,7 +20,7 @@ use super::convert::status_literal;
 use super::dialect::Dialect;
 use super::entities::{accounts, alert_logs};
 use crate::domain::ports::StoreError;
-use crate::domain::{AlertStatus, ChannelName, Cutoffs, Money};
+use crate::domain::{AlertRules, AlertStatus, ChannelName, Cutoffs, Money, Policy, PolicyDefaults};
 
 /// `balance < threshold` for accounts on the configured threshold. Written exactly as the
 /// partial index's predicate, so both planners use it.
@@ -39,22 +39,65 @@ pub(super) fn below_own_threshold() -> Condition {
         .add(Expr::col(A::BalanceMinor).lt(Expr::col(A::AlertThresholdMinor)))
 }
 
+/// `accounts.alert_policy` names `policy`, or is null and `policy` is the default.
+pub(super) fn policy_is(policy: Policy, defaults: &PolicyDefaults) -> Condition {
+    let column = || Expr::col((accounts::Entity, accounts::Column::AlertPolicy));
+    let named = Condition::all().add(column().eq(policy.as_str()));
+    if policy == defaults.policy {
+        Condition::any().add(column().is_null()).add(named)
+    } else {
+        named
+    }
+}
+
 /// True when the account is not blocked on at least one of the channels: for each channel,
 /// `NOT EXISTS` an alert that blocks it, probed through `idx_alert_logs_cooldown`. The same
-/// cut-offs as [`Cutoffs::decide`], which has the last word under the claim's lock: sent or
-/// given up within the cooldown, a live claim, a permanent failure on the same contact.
-fn claimable_somewhere(channels: &[ChannelName], cutoffs: &Cutoffs, dialect: Dialect) -> Condition {
+/// cut-offs as [`Cutoffs::decide`], which has the last word under the claim's lock: a live
+/// claim, a permanent failure on the same contact, and per policy `repeat` sent or given up
+/// within the cooldown, `once` sent or given up and not resolved, `daily` sent or given up
+/// since the start of today in `alert.timezone`. `daily` accounts with a time zone of their
+/// own, and rows with a policy the daemon does not know, are not blocked here: SQLite cannot
+/// compute their local day, so the domain decides on them under the lock.
+fn claimable_somewhere(
+    channels: &[ChannelName],
+    cutoffs: &Cutoffs,
+    defaults: &PolicyDefaults,
+    dialect: Dialect,
+) -> Condition {
     use alert_logs::Column as L;
     let col = |c: L| Expr::col((alert_logs::Entity, c));
     let status = |s: AlertStatus| col(L::Status).eq(status_literal(s));
+    let closed_since = |since| {
+        Condition::any()
+            .add(col(L::SentAt).gte(since))
+            .add(status(AlertStatus::Expired).and(col(L::ClaimedAt).gte(since)))
+    };
     let blocking = Condition::any()
-        .add(col(L::SentAt).gte(cutoffs.cooldown_since))
         .add(status(AlertStatus::Pending).and(col(L::ClaimedAt).gt(cutoffs.live_since)))
         .add(
             status(AlertStatus::Failed)
                 .and(col(L::Contact).equals((accounts::Entity, accounts::Column::OwnerEmail))),
         )
-        .add(status(AlertStatus::Expired).and(col(L::ClaimedAt).gte(cutoffs.cooldown_since)));
+        .add(
+            Condition::all()
+                .add(policy_is(Policy::Repeat, defaults))
+                .add(closed_since(cutoffs.cooldown_since)),
+        )
+        .add(
+            Condition::all()
+                .add(policy_is(Policy::Once, defaults))
+                .add(col(L::Status).is_in([
+                    status_literal(AlertStatus::Sent),
+                    status_literal(AlertStatus::Expired),
+                ]))
+                .add(col(L::ResolvedAt).is_null()),
+        )
+        .add(
+            Condition::all()
+                .add(policy_is(Policy::Daily, defaults))
+                .add(Expr::col((accounts::Entity, accounts::Column::Timezone)).is_null())
+                .add(closed_since(cutoffs.today_since)),
+        );
     channels.iter().fold(Condition::any(), |any, channel| {
         let mut probe = Query::select()
             .expr(Expr::val(1))
@@ -106,15 +149,20 @@ impl Page {
     /// channel with `cutoffs`, in the page's id range.
     pub(super) fn filter(
         &self,
-        default_threshold: Money,
+        rules: &AlertRules,
         channels: &[ChannelName],
         cutoffs: &Cutoffs,
         dialect: Dialect,
     ) -> Condition {
         use accounts::Column as A;
         let mut filter = Condition::all()
-            .add(self.part.below(default_threshold))
-            .add(claimable_somewhere(channels, cutoffs, dialect))
+            .add(self.part.below(rules.default_threshold))
+            .add(claimable_somewhere(
+                channels,
+                cutoffs,
+                &rules.policy,
+                dialect,
+            ))
             .add(A::Id.lte(self.last.as_str()));
         if let Some(after) = &self.after {
             filter = filter.add(A::Id.gt(after.as_str()));
@@ -126,6 +174,7 @@ impl Page {
 /// What to list.
 pub(super) struct Listing {
     pub(super) default_threshold: Money,
+    pub(super) policy: PolicyDefaults,
     pub(super) channels: Vec<ChannelName>,
     pub(super) cutoffs: Cutoffs,
     pub(super) page_size: u32,
@@ -146,6 +195,7 @@ async fn next_page(
         .filter(claimable_somewhere(
             &listing.channels,
             &listing.cutoffs,
+            &listing.policy,
             conns.dialect,
         ));
     if let Some(id) = &after {

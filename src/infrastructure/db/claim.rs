@@ -10,6 +10,7 @@
 //! renews without the account lock).
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{
@@ -24,10 +25,11 @@ use super::candidates::Page;
 use super::conn::Conns;
 use super::convert::{is_open, status_literal, to_records};
 use super::entities::{accounts, alert_logs};
+use crate::domain::alert::before;
 use crate::domain::ports::{ClaimBatch, StoreError};
 use crate::domain::{
     Account, AccountId, AlertId, AlertRules, AlertStatus, ChannelName, Claim, Cutoffs, LeaseHolder,
-    Money, plan_claims,
+    Money, Policy, plan_claims,
 };
 
 /// Ids per `IN (...)` list: far below SQLite's 32,766 and PostgreSQL's 65,535 bind limits.
@@ -80,12 +82,7 @@ impl ClaimTxn<'_> {
                 (accounts, locked, gone, 0)
             }
             Scope::Page(page) => {
-                let filter = page.filter(
-                    self.rules.default_threshold,
-                    self.channels,
-                    &cutoffs,
-                    conns.dialect,
-                );
+                let filter = page.filter(self.rules, self.channels, &cutoffs, conns.dialect);
                 let select = self
                     .select()
                     .filter(filter)
@@ -98,7 +95,12 @@ impl ClaimTxn<'_> {
             }
         };
         let locked_ids: Vec<&str> = accounts.iter().map(|a| a.id.as_str()).collect();
-        let rows = open_and_recent(&txn, &locked_ids, cutoffs.cooldown_since)
+        let once_ids: HashSet<&str> = accounts
+            .iter()
+            .filter(|a| self.rules.policy.for_account(a).0.policy == Policy::Once)
+            .map(|a| a.id.as_str())
+            .collect();
+        let rows = open_and_recent(&txn, &locked_ids, &once_ids, records_since(&cutoffs))
             .await
             .map_err(conns.err("cannot read alert_logs"))?;
         let mut plan = plan_claims(
@@ -252,26 +254,53 @@ async fn missing(
     Ok((exist, missing - exist))
 }
 
-/// Open alerts, and alerts sent or given up since `since`, of these accounts.
+/// How far back a closed alert may still block a new one: the cooldown (`repeat`), or the
+/// start of the local day in any time zone (`daily`; a day is at most 25 hours long).
+fn records_since(cutoffs: &Cutoffs) -> DateTime<Utc> {
+    Ord::min(cutoffs.cooldown_since, before(cutoffs.now, DAILY_LOOKBACK))
+}
+
+/// Longer than any local day, so `daily` sees every alert of today in any time zone.
+const DAILY_LOOKBACK: Duration = Duration::from_secs(26 * 3600);
+
+/// Of these accounts: open alerts, alerts sent or given up since `since`, and (`once_ids`
+/// only: those whose policy is `once`) alerts sent or given up and not resolved since.
 async fn open_and_recent<C: ConnectionTrait>(
     db: &C,
     accounts: &[&str],
+    once_ids: &HashSet<&str>,
     since: DateTime<Utc>,
 ) -> Result<Vec<alert_logs::Model>, DbErr> {
     let mut rows = Vec::new();
+    let closed = || {
+        Expr::col(L::Status).is_in([
+            status_literal(AlertStatus::Sent),
+            status_literal(AlertStatus::Expired),
+        ])
+    };
     for chunk in accounts.chunks(IDS_PER_QUERY) {
+        let mut wanted = Condition::any()
+            .add(is_open())
+            .add(L::SentAt.gte(since))
+            .add(
+                Expr::col(L::Status)
+                    .eq(status_literal(AlertStatus::Expired))
+                    .and(L::ClaimedAt.gte(since)),
+            );
+        let once: Vec<&str> = chunk
+            .iter()
+            .copied()
+            .filter(|id| once_ids.contains(id))
+            .collect();
+        let unresolved = Condition::all().add(closed()).add(L::ResolvedAt.is_null());
+        if once.len() == chunk.len() {
+            wanted = wanted.add(unresolved);
+        } else if !once.is_empty() {
+            wanted = wanted.add(unresolved.add(L::AccountId.is_in(once)));
+        }
         let mut part = alert_logs::Entity::find()
             .filter(L::AccountId.is_in(chunk.iter().copied()))
-            .filter(
-                Condition::any()
-                    .add(is_open())
-                    .add(L::SentAt.gte(since))
-                    .add(
-                        Expr::col(L::Status)
-                            .eq(status_literal(AlertStatus::Expired))
-                            .and(L::ClaimedAt.gte(since)),
-                    ),
-            )
+            .filter(wanted)
             .all(db)
             .await?;
         rows.append(&mut part);

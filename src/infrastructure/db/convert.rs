@@ -47,6 +47,7 @@ impl TryFrom<alert_logs::Model> for AlertRecord {
             claimed_at: row.claimed_at,
             sent_at: row.sent_at,
             contact: row.contact,
+            resolved_at: row.resolved_at,
         })
     }
 }

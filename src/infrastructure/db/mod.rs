@@ -9,6 +9,7 @@ mod convert;
 mod dialect;
 pub mod entities;
 mod record;
+mod recovery;
 mod store;
 
 use std::time::Duration;

@@ -24,6 +24,7 @@ use super::conn::Conns;
 use super::dialect::Dialect;
 use super::entities::accounts;
 use super::record::Recorder;
+use super::recovery;
 use crate::domain::ports::{AlertStore, ClaimBatch, Clock, StoreError, SweepClaims};
 use crate::domain::{
     Account, AccountId, AlertId, AlertRules, ChannelName, Lease, LeaseHolder, Outcome,
@@ -138,6 +139,7 @@ impl AlertStore for SeaOrmStore {
             self.conns.clone(),
             Listing {
                 default_threshold: request.rules.default_threshold,
+                policy: request.rules.policy,
                 channels: request.channels.clone(),
                 cutoffs: request.rules.cutoffs(clock.now()),
                 page_size: request.page_size,
@@ -180,6 +182,15 @@ impl AlertStore for SeaOrmStore {
             rx.recv().await.map(|batch| (batch, (rx, producer)))
         })
         .boxed()
+    }
+
+    async fn resolve_recovered(
+        &self,
+        rules: &AlertRules,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let resolve = recovery::resolve(&self.conns, rules, now);
+        self.recorder.taking_turns(resolve).await
     }
 
     async fn claim_account(

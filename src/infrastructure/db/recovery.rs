@@ -1,0 +1,85 @@
+//! `once` re-arming (SPEC §2): a sweep that sees an account recovered — balance at or above
+//! its effective threshold plus `alert.rearm_margin` — records it in `resolved_at` on the
+//! account's alerts sent or given up, so the next dip is alerted at once. One set-based
+//! UPDATE per sweep, for accounts whose policy is `once` only.
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, ExprTrait, Func, Query, SimpleExpr};
+use sea_orm::{Condition, ConnectionTrait};
+
+use super::candidates::policy_is;
+use super::conn::Conns;
+use super::convert::status_literal;
+use super::entities::{accounts, alert_logs};
+use crate::domain::ports::StoreError;
+use crate::domain::{AlertRules, AlertStatus, Policy};
+
+/// `balance >= COALESCE(own threshold, default) + margin`, without an integer overflow on a
+/// threshold near the largest bigint (PostgreSQL would fail the statement): such a threshold
+/// cannot be reached anyway.
+fn recovered(rules: &AlertRules) -> SimpleExpr {
+    use accounts::Column as A;
+    let margin = Ord::max(rules.rearm_margin.minor(), 0);
+    let threshold = || {
+        let parts: [Expr; 2] = [
+            Expr::col((accounts::Entity, A::AlertThresholdMinor)),
+            Expr::val(rules.default_threshold.minor()),
+        ];
+        SimpleExpr::from(Func::coalesce(parts))
+    };
+    Expr::case(threshold().gt(i64::MAX - margin), Expr::val(false))
+        .finally(
+            Expr::col((accounts::Entity, A::BalanceMinor)).gte(threshold().add(Expr::val(margin))),
+        )
+        .into()
+}
+
+/// Resolves the open-ended alerts of every recovered `once` account; returns how many.
+pub(super) async fn resolve(
+    conns: &Conns,
+    rules: &AlertRules,
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    use alert_logs::Column as L;
+    let mut update = Query::update();
+    update
+        .table(alert_logs::Entity)
+        .value(L::ResolvedAt, now)
+        // Exactly the predicate of `idx_alert_logs_unresolved`.
+        .and_where(Expr::col(L::ResolvedAt).is_null())
+        .and_where(Expr::col(L::Status).is_in([
+            status_literal(AlertStatus::Sent),
+            status_literal(AlertStatus::Expired),
+        ]));
+    let recovered_once = Condition::all()
+        .add(policy_is(Policy::Once, &rules.policy))
+        .add(recovered(rules));
+    if rules.policy.policy == Policy::Once {
+        // Most accounts are `once`: walk the unresolved alerts, look each account up.
+        let account = Query::select()
+            .expr(Expr::val(1))
+            .from(accounts::Entity)
+            .and_where(
+                Expr::col((accounts::Entity, accounts::Column::Id))
+                    .equals((alert_logs::Entity, L::AccountId)),
+            )
+            .cond_where(recovered_once)
+            .to_owned();
+        update.and_where(Expr::exists(account));
+    } else {
+        // Only accounts with `alert_policy = 'once'` of their own (`idx_accounts_own_policy`).
+        let accounts = Query::select()
+            .column(accounts::Column::Id)
+            .from(accounts::Entity)
+            .cond_where(recovered_once)
+            .to_owned();
+        update.and_where(Expr::col(L::AccountId).in_subquery(accounts));
+    }
+    let resolved = conns
+        .writer
+        .execute(&update)
+        .await
+        .map_err(conns.err("cannot record recoveries in alert_logs"))?
+        .rows_affected();
+    Ok(resolved)
+}

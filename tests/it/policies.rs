@@ -1,0 +1,247 @@
+//! Alert policies and quiet hours (SPEC §2) on real databases, step by step with the fake
+//! clock: what a customer whose balance dips, stays low, recovers and dips again receives.
+//! The clock starts at 2026-11-27 12:00 UTC (13:00 in Paris, 07:00 in New York).
+
+use std::time::Duration;
+
+use balance_alertd::domain::{AccountId, Money, Policy};
+use sea_orm::Value;
+
+use crate::helpers::{Backend, HOUR, NewAccount, TestApp};
+use crate::on_both_backends;
+
+on_both_backends!(
+    repeat_reminds_after_each_cooldown_while_below,
+    once_alerts_once_per_dip_and_rearms_only_above_the_margin,
+    daily_alerts_once_per_local_calendar_day,
+    daily_with_the_configured_time_zone_is_decided_in_sql_and_domain_alike,
+    quiet_hours_defer_and_the_first_sweep_after_them_sends_with_the_balance_then,
+    a_bad_time_zone_or_window_fails_that_account_only_and_a_fix_retries_it,
+    switching_an_accounts_policy_applies_at_the_next_sweep_with_its_history,
+);
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+async fn set(app: &TestApp, id: &AccountId, column: &str, value: Value) {
+    app.exec(
+        &format!("UPDATE accounts SET {column} = $1 WHERE id = $2"),
+        vec![value, id.as_str().into()],
+    )
+    .await;
+}
+
+async fn balance(app: &TestApp, id: &AccountId, minor: i64) {
+    set(app, id, "balance_minor", minor.into()).await;
+}
+
+async fn low_account(app: &TestApp) -> AccountId {
+    app.insert_account(NewAccount::new("dip@example.com", 4_000))
+        .await
+}
+
+async fn repeat_reminds_after_each_cooldown_while_below(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let _id = low_account(&app).await;
+    assert_eq!(app.sweep().await.sent, 1, "the dip");
+    app.clock.advance(23 * HOUR);
+    let s = app.sweep().await;
+    assert_eq!((s.sent, s.in_cooldown), (0, 1), "within the cooldown");
+    app.clock.advance(2 * HOUR);
+    assert_eq!(app.sweep().await.sent, 1, "a reminder after the cooldown");
+}
+
+async fn once_alerts_once_per_dip_and_rearms_only_above_the_margin(backend: Backend) {
+    let Some(mut app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    app.rules.policy.policy = Policy::Once;
+    app.rules.rearm_margin = Money::from_minor(1_000); // re-armed at 60.00
+    let id = low_account(&app).await;
+    assert_eq!(app.sweep().await.sent, 1, "the dip is alerted");
+
+    app.clock.advance(3 * 24 * HOUR);
+    let s = app.sweep().await;
+    assert_eq!((s.sent, s.in_cooldown), (0, 1), "still low: no reminder");
+
+    balance(&app, &id, 5_500).await; // above the threshold, below threshold + margin
+    app.sweep().await;
+    balance(&app, &id, 4_000).await;
+    app.clock.advance(MINUTE);
+    assert_eq!(
+        app.sweep().await.sent,
+        0,
+        "hovering under the margin does not re-arm"
+    );
+    assert!(app.alert_rows(&id).await[0].resolved_at.is_none());
+
+    balance(&app, &id, 6_000).await; // recovered: at threshold + margin
+    app.clock.advance(MINUTE);
+    let recovered_at = app.clock_now();
+    assert_eq!(app.sweep().await.below_threshold, 0);
+    let rows = app.alert_rows(&id).await;
+    let resolved = rows[0].resolved_at.expect("the recovery is recorded");
+    assert_eq!(resolved.timestamp_micros(), recovered_at.timestamp_micros());
+
+    balance(&app, &id, 3_000).await; // the second dip, well within the 24 h cooldown
+    app.clock.advance(MINUTE);
+    assert_eq!(app.sweep().await.sent, 1, "the next dip is alerted at once");
+    let rows = app.alert_rows(&id).await;
+    assert_eq!(rows.len(), 2);
+    assert_ne!(rows[0].id, rows[1].id, "a new alert for the new dip");
+    assert_eq!(rows[1].balance_at_alert_minor, 3_000);
+    app.clock.advance(MINUTE);
+    assert_eq!(app.sweep().await.sent, 0, "and once only");
+}
+
+async fn daily_alerts_once_per_local_calendar_day(backend: Backend) {
+    let Some(mut app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    app.rules.policy.policy = Policy::Daily;
+    let id = low_account(&app).await;
+    set(&app, &id, "timezone", "America/New_York".into()).await;
+    // 07:00 in New York.
+    assert_eq!(app.sweep().await.sent, 1);
+    app.clock.advance(16 * HOUR + 59 * MINUTE); // 23:59 the same day in New York
+    let s = app.sweep().await;
+    assert_eq!((s.sent, s.in_cooldown), (0, 1), "one per local day");
+    app.clock.advance(MINUTE); // midnight in New York, 5 h after midnight UTC
+    assert_eq!(app.sweep().await.sent, 1, "a new local day");
+    app.clock.advance(MINUTE);
+    assert_eq!(app.sweep().await.sent, 0);
+}
+
+async fn daily_with_the_configured_time_zone_is_decided_in_sql_and_domain_alike(backend: Backend) {
+    let Some(mut app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    app.rules.policy.policy = Policy::Daily;
+    app.rules.policy.timezone = "Asia/Tokyo".parse().expect("zone");
+    let _id = low_account(&app).await; // no zone of its own: alert.timezone applies
+    // 21:00 in Tokyo.
+    assert_eq!(app.sweep().await.sent, 1);
+    app.clock.advance(2 * HOUR + 59 * MINUTE); // 23:59 in Tokyo
+    let s = app.sweep().await;
+    assert_eq!((s.sent, s.in_cooldown), (0, 1));
+    app.clock.advance(MINUTE); // midnight in Tokyo, 15:00 UTC
+    assert_eq!(app.sweep().await.sent, 1, "a new day in Tokyo");
+}
+
+async fn quiet_hours_defer_and_the_first_sweep_after_them_sends_with_the_balance_then(
+    backend: Backend,
+) {
+    let Some(mut app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    app.rules.policy.quiet_hours =
+        balance_alertd::domain::QuietHours::parse("22:00-07:00").expect("window");
+    let quiet = low_account(&app).await;
+    set(&app, &quiet, "timezone", "Europe/Paris".into()).await;
+    let other = app
+        .insert_account(NewAccount::new("nyc@example.com", 4_500))
+        .await;
+    set(&app, &other, "timezone", "America/New_York".into()).await;
+    set(&app, &other, "quiet_hours", "".into()).await; // opted out of quiet hours
+
+    app.clock.advance(10 * HOUR); // 22:00 UTC = 23:00 in Paris
+    let s = app.sweep().await;
+    assert_eq!((s.sent, s.deferred, s.in_cooldown), (1, 1, 0), "{s}");
+    assert!(
+        app.alert_rows(&quiet).await.is_empty(),
+        "deferred: not even claimed"
+    );
+
+    balance(&app, &quiet, 1_234).await; // changes during the night
+    app.clock.advance(7 * HOUR + 59 * MINUTE); // 06:59 in Paris
+    assert_eq!(app.sweep().await.deferred, 1);
+    app.clock.advance(MINUTE); // 07:00 in Paris: the window is over
+    let s = app.sweep().await;
+    assert_eq!((s.sent, s.deferred), (1, 0), "{s}");
+    let rows = app.alert_rows(&quiet).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].balance_at_alert_minor, 1_234,
+        "the balance read after the window"
+    );
+}
+
+async fn a_bad_time_zone_or_window_fails_that_account_only_and_a_fix_retries_it(backend: Backend) {
+    let Some(mut app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let bad_zone = low_account(&app).await;
+    set(&app, &bad_zone, "timezone", "Mars/Olympus".into()).await;
+    let bad_window = app
+        .insert_account(NewAccount::new("late@example.com", 4_000))
+        .await;
+    set(&app, &bad_window, "quiet_hours", "after dinner".into()).await;
+    let good = app
+        .insert_account(NewAccount::new("good@example.com", 4_000))
+        .await;
+
+    let s = app.sweep().await;
+    assert_eq!((s.sent, s.failed), (1, 2), "{s}");
+    let zone_row = &app.alert_rows(&bad_zone).await[0];
+    assert_eq!(zone_row.status, "failed");
+    let error = zone_row.last_error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("accounts.timezone = \"Mars/Olympus\""),
+        "{error}"
+    );
+    let window_error = app.alert_rows(&bad_window).await[0].last_error.clone();
+    assert!(
+        window_error
+            .unwrap_or_default()
+            .contains("accounts.quiet_hours = \"after dinner\""),
+    );
+    assert_eq!(app.alert_rows(&good).await[0].status, "sent");
+
+    app.clock.advance(2 * 24 * HOUR);
+    let s = app.sweep().await;
+    assert_eq!(
+        (s.sent, s.failed, s.eligible),
+        (1, 0, 1),
+        "parked, no nagging: {s}"
+    );
+
+    set(&app, &bad_zone, "timezone", "Europe/Paris".into()).await;
+    app.clock.advance(MINUTE);
+    let s = app.sweep().await;
+    assert_eq!((s.sent, s.failed), (1, 0), "{s}");
+    let rows = app.alert_rows(&bad_zone).await;
+    assert_eq!(rows.len(), 1, "retried under the same id");
+    assert_eq!(rows[0].status, "sent");
+    let audit = app.finish_audit();
+    let failed: Vec<_> = audit
+        .iter()
+        .filter(|l| l["event"] == "alert_failed")
+        .collect();
+    assert_eq!(failed.len(), 2);
+}
+
+async fn switching_an_accounts_policy_applies_at_the_next_sweep_with_its_history(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let id = low_account(&app).await;
+    assert_eq!(app.sweep().await.sent, 1, "repeat (the default)");
+    set(&app, &id, "alert_policy", "once".into()).await;
+    app.clock.advance(2 * 24 * HOUR);
+    assert_eq!(
+        app.sweep().await.sent,
+        0,
+        "once: the alert of two days ago counts, no reminder"
+    );
+    balance(&app, &id, 5_000).await;
+    app.sweep().await;
+    balance(&app, &id, 100).await;
+    app.clock.advance(MINUTE);
+    assert_eq!(app.sweep().await.sent, 1, "recovered, then dipped: alerted");
+    set(&app, &id, "alert_policy", "repeat".into()).await;
+    app.clock.advance(MINUTE);
+    assert_eq!(app.sweep().await.sent, 0, "repeat: within the cooldown");
+    app.clock.advance(24 * HOUR);
+    assert_eq!(app.sweep().await.sent, 1, "repeat: a reminder");
+}
