@@ -26,6 +26,10 @@ pub enum Command {
         /// Print the summary as one JSON object instead of the text line
         #[arg(long)]
         json: bool,
+        /// Claim, send and write nothing: list who would be alerted on which channel, then
+        /// the summary (try a threshold or policy before reloading it)
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Run the single-account check once and exit (exit 3 if a delivery failed)
     Check {

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use migration::{Migrator, MigratorTrait};
+use sea_orm::ConnectionTrait;
 
 use super::{
     AppError, build_context, delivery_exit_code, keep_unwritten_audit, migrate_up, open_audit,
@@ -15,8 +16,9 @@ use crate::cli::{Command, MigrateAction};
 use crate::config::{LoadedConfig, Sources};
 use crate::daemon::{Daemon, signals};
 use crate::domain::{AccountId, AlertStatus, Decision};
+use crate::infrastructure::audit::NoAuditLog;
 use crate::infrastructure::clock::SystemClock;
-use crate::infrastructure::db;
+use crate::infrastructure::db::{self, SeaOrmStore};
 use crate::infrastructure::notify;
 
 /// Runs one command with a loaded configuration (`demo` is handled before loading).
@@ -33,7 +35,11 @@ pub async fn dispatch(
     }
     match command {
         Command::Run => run(config, sources).await,
-        Command::Sweep { json } => sweep(&config, json).await,
+        Command::Sweep {
+            json,
+            dry_run: true,
+        } => dry_run(&config, json).await,
+        Command::Sweep { json, .. } => sweep(&config, json).await,
         Command::Check { account_id } => check(&config, &AccountId::new(account_id)).await,
         Command::Migrate { action } => migrate(&config, action.unwrap_or(MigrateAction::Up)).await,
         Command::Config { check } => print_config(&config, check),
@@ -80,6 +86,78 @@ async fn sweep(config: &LoadedConfig, json: bool) -> Result<ExitCode, AppError> 
         )));
     }
     Ok(delivery_exit_code(summary.failed > 0))
+}
+
+/// `sweep --dry-run`: who a sweep would alert now, on which channel; writes nothing anywhere
+/// (no audit file, no claim, no migration: the database stays byte-identical).
+async fn dry_run(config: &LoadedConfig, json: bool) -> Result<ExitCode, AppError> {
+    let settings = &config.settings.database;
+    let conn = db::connect_read_only(settings).await?;
+    // Read by hand: sea-orm-migration's own status query first creates its table.
+    let applied: std::collections::HashSet<String> = conn
+        .query_all_raw(sea_orm::Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT version FROM seaql_migrations",
+        ))
+        .await
+        .map_err(|e| {
+            AppError::Runtime(anyhow::anyhow!(e).context(format!(
+                "cannot read the schema of {} (run `balance-alertd migrate up` first)",
+                settings.display_url()
+            )))
+        })?
+        .iter()
+        .filter_map(|row| row.try_get::<String>("", "version").ok())
+        .collect();
+    let pending: Vec<String> = Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_owned())
+        .filter(|name| !applied.contains(name))
+        .collect();
+    if !pending.is_empty() {
+        conn.close().await.ok();
+        return Err(AppError::Runtime(anyhow::anyhow!(
+            "{}: {} migration(s) not applied; a dry run changes nothing, so run \
+             `balance-alertd migrate up` first",
+            settings.display_url(),
+            pending.len()
+        )));
+    }
+    let store = SeaOrmStore::new(conn.clone(), settings.display_url());
+    let ctx = build_context(config, store, Arc::new(NoAuditLog), stdout_console())?;
+    let currency = ctx.currency.clone();
+    let previewed = BulkBalanceAlert::new(ctx)
+        .preview(|claim| {
+            let (balance, threshold) = (
+                currency.decimal(claim.account.balance),
+                currency.decimal(claim.threshold),
+            );
+            if json {
+                let line = serde_json::json!({
+                    "account_id": claim.account.id,
+                    "channel": claim.channel,
+                    "balance": balance,
+                    "threshold": threshold,
+                });
+                println!("{line}");
+            } else {
+                println!(
+                    "would alert {} {} balance={balance} threshold={threshold}",
+                    claim.account.id, claim.channel
+                );
+            }
+        })
+        .await;
+    // Closed before exit: the last SQLite connection removes the -wal/-shm files it opened.
+    conn.close().await.ok();
+    let summary = previewed?;
+    if json {
+        let line = serde_json::to_string(&summary).map_err(anyhow::Error::from)?;
+        println!("{line}");
+    } else {
+        println!("{summary}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn check(config: &LoadedConfig, account_id: &AccountId) -> Result<ExitCode, AppError> {

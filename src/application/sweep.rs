@@ -55,6 +55,10 @@ pub struct SweepSummary {
     /// Accounts left alone because they changed under the sweep: locked by another sweep,
     /// topped up or re-thresholded, or deleted.
     pub skipped: u64,
+    /// `sweep --dry-run`: nothing was claimed, sent or written; `sent` counts the deliveries
+    /// a sweep would make, `failed` those it would fail (a setting it cannot honour).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 impl fmt::Display for SweepSummary {
@@ -73,7 +77,11 @@ impl fmt::Display for SweepSummary {
             self.retry,
             self.expired,
             self.skipped,
-        )
+        )?;
+        if self.dry_run {
+            f.write_str(" dry_run=true")?;
+        }
+        Ok(())
     }
 }
 
@@ -97,6 +105,7 @@ impl SweepSummary {
             retry: delivered.retry,
             expired: delivered.expired + expired_unsent,
             skipped,
+            dry_run: false,
         }
     }
 }
@@ -191,6 +200,46 @@ impl BulkBalanceAlert {
             duration_ms = summary.duration_ms,
             "Sweep finished."
         );
+        Ok(summary)
+    }
+}
+
+impl BulkBalanceAlert {
+    /// `sweep --dry-run`: decides exactly as [`Self::execute`] would now, on the same
+    /// candidates, and hands each delivery it would make to `would_send`; claims, sends and
+    /// writes nothing. (A `once` recovery seen now only re-arms accounts that are not below,
+    /// so skipping its write changes no decision.)
+    pub async fn preview(
+        &self,
+        mut would_send: impl FnMut(&Claim),
+    ) -> Result<SweepSummary, StoreError> {
+        let started = Instant::now();
+        let ctx = &self.ctx;
+        let below_threshold = ctx.store.count_below_threshold(&ctx.rules).await?;
+        let mut batches = ctx.store.preview_due(
+            ctx.channel_names(),
+            ctx.rules.clone(),
+            ctx.delivery.batch_size,
+            ctx.clock.now(),
+        );
+        let (mut tally, mut delivered, mut expired) =
+            (ClaimTally::default(), DeliveryTally::default(), 0);
+        while let Some(batch) = batches.next().await {
+            let batch = batch?;
+            tally.add(&batch.tally);
+            expired += batch.expired.len() as u64;
+            for claim in &batch.claims {
+                if claim.rejected.is_some() {
+                    delivered.failed += 1;
+                } else {
+                    delivered.sent += 1;
+                    would_send(claim);
+                }
+            }
+        }
+        let mut summary = SweepSummary::new(below_threshold, &tally, &delivered, expired);
+        summary.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        summary.dry_run = true;
         Ok(summary)
     }
 }

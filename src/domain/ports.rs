@@ -86,6 +86,16 @@ pub trait AlertStore: Send + Sync {
         clock: Arc<dyn Clock>,
     ) -> BoxStream<'static, Result<ClaimBatch, StoreError>>;
 
+    /// What [`Self::claim_due`] would claim now, decided by the same rule on the same
+    /// candidates, read without locks and writing nothing (`sweep --dry-run`).
+    fn preview_due(
+        &self,
+        channels: Vec<ChannelName>,
+        rules: AlertRules,
+        page_size: u32,
+        now: DateTime<Utc>,
+    ) -> BoxStream<'static, Result<ClaimBatch, StoreError>>;
+
     /// The same for one account, waiting for its lock; fills [`ClaimBatch::decisions`].
     async fn claim_account(
         &self,

@@ -221,6 +221,39 @@ impl AlertStore for InMemoryStore {
         Ok(resolved)
     }
 
+    fn preview_due(
+        &self,
+        channels: Vec<ChannelName>,
+        rules: AlertRules,
+        _page_size: u32,
+        now: DateTime<Utc>,
+    ) -> BoxStream<'static, Result<ClaimBatch, StoreError>> {
+        let state = self.lock();
+        let accounts: Vec<Account> = state
+            .accounts
+            .values()
+            .filter(|a| a.is_below_threshold(rules.default_threshold))
+            .cloned()
+            .collect();
+        let records: Vec<AlertRecord> = state.alerts.iter().map(|a| a.record.clone()).collect();
+        let mut plan = plan_claims(
+            &accounts,
+            &records,
+            &channels,
+            &rules,
+            &rules.cutoffs(now),
+            false,
+        );
+        plan.new.append(&mut plan.retries);
+        let batch = ClaimBatch {
+            claims: plan.new,
+            expired: plan.expire,
+            tally: plan.tally,
+            decisions: Vec::new(),
+        };
+        stream::iter([Ok(batch)]).boxed()
+    }
+
     fn claim_due(
         &self,
         request: SweepClaims,

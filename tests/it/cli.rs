@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use balance_alertd::domain::AccountId;
+use sea_orm::ConnectionTrait;
 
 use crate::helpers::{Backend, NewAccount, TestApp, TestDb, read_json_lines};
 use crate::on_both_backends;
@@ -69,8 +70,139 @@ fn demo_prints_the_reference_output() {
 
 on_both_backends!(
     sweep_prints_the_summary_line_last_and_exits_3_on_a_failed_delivery,
-    check_reports_each_outcome
+    check_reports_each_outcome,
+    a_dry_run_writes_nothing_and_lists_what_the_sweep_then_sends,
 );
+
+/// Everything a dry run could have changed: the SQLite files' bytes, or on PostgreSQL every
+/// row of both tables.
+async fn database_state(app: &TestApp) -> String {
+    if let Some(path) = app.db.sqlite_path() {
+        let mut state = String::new();
+        for suffix in ["", "-wal"] {
+            let file = format!("{}{suffix}", path.display());
+            let bytes = std::fs::read(&file).unwrap_or_default();
+            state.push_str(&format!("{file}: {:x}\n", md5_like(&bytes)));
+        }
+        return state;
+    }
+    let rows = app
+        .conn
+        .query_all_raw(app.statement(
+            "SELECT CAST(a.* AS text) AS r FROM accounts a UNION ALL \
+             SELECT CAST(l.* AS text) FROM alert_logs l ORDER BY 1",
+            vec![],
+        ))
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| r.try_get::<String>("", "r").unwrap() + "\n")
+        .collect()
+}
+
+/// A content hash good enough to tell two files apart (std's SipHash over the bytes).
+fn md5_like(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+async fn a_dry_run_writes_nothing_and_lists_what_the_sweep_then_sends(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &app.db.url, "");
+    let config = config.to_str().unwrap();
+    let alerted = app
+        .insert_account(NewAccount::new("alerted@example.com", 100))
+        .await;
+    let out = run(dir.path(), &["-c", config, "sweep"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    std::fs::remove_dir_all(dir.path().join("logs")).unwrap();
+    let low = app
+        .insert_account(NewAccount::new("low@example.com", 4_999))
+        .await;
+    let between = app
+        .insert_account(NewAccount::new("between@example.com", 7_000))
+        .await;
+    app.insert_account(NewAccount::new("rich@example.com", 20_000))
+        .await;
+    let before = database_state(&app).await;
+
+    let out = run(dir.path(), &["-c", config, "sweep", "--dry-run"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!("would alert {low} console balance=49.99 threshold=50.00"),
+        "{text}"
+    );
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[1].starts_with(
+            "sweep finished: below_threshold=2 eligible=1 sent=1 failed=0 in_cooldown=1 deferred=0"
+        ) && lines[1].ends_with(" dry_run=true"),
+        "{text}"
+    );
+
+    // "What if the threshold were 75.00?"
+    let out = run(
+        dir.path(),
+        &["-c", config, "sweep", "--dry-run", "--json"],
+        &[("BALANCE_ALERT__ALERT__THRESHOLD", "75.00")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let objects: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut would: Vec<String> = objects[..objects.len() - 1]
+        .iter()
+        .map(|o| {
+            assert_eq!(o["channel"], "console");
+            assert_eq!(o["threshold"], "75.00");
+            o["account_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    would.sort();
+    let mut expected = vec![low.to_string(), between.to_string()];
+    expected.sort();
+    assert_eq!(would, expected);
+    let summary = objects.last().unwrap();
+    assert_eq!(
+        (summary["sent"].as_u64(), summary["dry_run"].as_bool()),
+        (Some(2), Some(true))
+    );
+
+    assert_eq!(
+        database_state(&app).await,
+        before,
+        "the database is unchanged"
+    );
+    assert!(
+        !dir.path().join("logs").exists(),
+        "no audit file or directory created"
+    );
+    assert!(app.alert_rows(&low).await.is_empty(), "nothing claimed");
+
+    // The real sweep with the same override sends exactly the listed deliveries.
+    let out = run(
+        dir.path(),
+        &["-c", config, "sweep"],
+        &[("BALANCE_ALERT__ALERT__THRESHOLD", "75.00")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut sent: Vec<String> = read_json_lines(dir.path().join("logs/audit.log"))
+        .iter()
+        .map(|l| l["account_id"].as_str().unwrap().to_owned())
+        .collect();
+    sent.sort();
+    assert_eq!(sent, expected);
+    assert_eq!(app.alert_rows(&alerted).await.len(), 1);
+}
 
 async fn sweep_prints_the_summary_line_last_and_exits_3_on_a_failed_delivery(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {

@@ -94,18 +94,12 @@ impl ClaimTxn<'_> {
                 (accounts, 0, 0, changed)
             }
         };
-        let locked_ids: Vec<&str> = accounts.iter().map(|a| a.id.as_str()).collect();
-        let once_ids: HashSet<&str> = accounts
-            .iter()
-            .filter(|a| self.rules.policy.for_account(a).0.policy == Policy::Once)
-            .map(|a| a.id.as_str())
-            .collect();
-        let rows = open_and_recent(&txn, &locked_ids, &once_ids, records_since(&cutoffs))
+        let records = alerts_deciding(&txn, &accounts, self.rules, &cutoffs)
             .await
             .map_err(conns.err("cannot read alert_logs"))?;
         let mut plan = plan_claims(
             &accounts,
-            &to_records(rows)?,
+            &to_records(records)?,
             self.channels,
             self.rules,
             &cutoffs,
@@ -142,6 +136,60 @@ impl ClaimTxn<'_> {
     }
 }
 
+/// What a sweep would claim on this page now, decided exactly as [`ClaimTxn::run`] decides
+/// but read without locks and writing nothing (`sweep --dry-run`).
+pub(super) async fn preview(
+    conns: &Conns,
+    channels: &[ChannelName],
+    rules: &AlertRules,
+    now: DateTime<Utc>,
+    page: &Page,
+) -> Result<ClaimBatch, StoreError> {
+    let cutoffs = rules.cutoffs(now);
+    let select = account_columns()
+        .filter(page.filter(rules, channels, &cutoffs, conns.dialect))
+        .order_by_asc(accounts::Column::Id);
+    let accounts = read(&conns.db, select)
+        .await
+        .map_err(conns.err("cannot read accounts"))?;
+    let records = alerts_deciding(&conns.db, &accounts, rules, &cutoffs)
+        .await
+        .map_err(conns.err("cannot read alert_logs"))?;
+    let mut plan = plan_claims(
+        &accounts,
+        &to_records(records)?,
+        channels,
+        rules,
+        &cutoffs,
+        false,
+    );
+    plan.tally.changed += page.listed.saturating_sub(accounts.len() as u64);
+    let mut claims = plan.new;
+    claims.append(&mut plan.retries);
+    Ok(ClaimBatch {
+        claims,
+        expired: plan.expire,
+        tally: plan.tally,
+        decisions: Vec::new(),
+    })
+}
+
+/// The stored alerts the decision needs for these accounts (see [`open_and_recent`]).
+async fn alerts_deciding<C: ConnectionTrait>(
+    db: &C,
+    accounts: &[Account],
+    rules: &AlertRules,
+    cutoffs: &Cutoffs,
+) -> Result<Vec<alert_logs::Model>, DbErr> {
+    let ids: Vec<&str> = accounts.iter().map(|a| a.id.as_str()).collect();
+    let once_ids: HashSet<&str> = accounts
+        .iter()
+        .filter(|a| rules.policy.for_account(a).0.policy == Policy::Once)
+        .map(|a| a.id.as_str())
+        .collect();
+    open_and_recent(db, &ids, &once_ids, records_since(cutoffs)).await
+}
+
 /// One account row as the claim reads it under the lock.
 type AccountRow = (
     String,
@@ -160,21 +208,26 @@ type AccountRow = (
 impl ClaimTxn<'_> {
     /// The account columns a claim decides on.
     fn select(&self) -> sea_orm::Select<accounts::Entity> {
-        use accounts::Column as A;
-        accounts::Entity::find().select_only().columns([
-            A::Id,
-            A::OwnerEmail,
-            A::OwnerName,
-            A::BalanceMinor,
-            A::AlertThresholdMinor,
-            A::OwnerPhone,
-            A::Currency,
-            A::AlertPolicy,
-            A::AlertChannels,
-            A::Timezone,
-            A::QuietHours,
-        ])
+        account_columns()
     }
+}
+
+/// The account columns a claim decides on.
+fn account_columns() -> sea_orm::Select<accounts::Entity> {
+    use accounts::Column as A;
+    accounts::Entity::find().select_only().columns([
+        A::Id,
+        A::OwnerEmail,
+        A::OwnerName,
+        A::BalanceMinor,
+        A::AlertThresholdMinor,
+        A::OwnerPhone,
+        A::Currency,
+        A::AlertPolicy,
+        A::AlertChannels,
+        A::Timezone,
+        A::QuietHours,
+    ])
 }
 
 async fn read<C: ConnectionTrait>(

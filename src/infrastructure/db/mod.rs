@@ -96,6 +96,40 @@ pub async fn connect_writer(
         .map_err(|e| map_db_err(&settings.display_url(), "cannot connect", e))
 }
 
+/// A connection that cannot write (`sweep --dry-run`): it never creates the database, never
+/// changes its journal mode, and refuses writes (SQLite `query_only`, PostgreSQL read-only
+/// transactions). SQLite is opened read-write all the same: a read-only connection leaves
+/// the `-wal`/`-shm` files behind, a read-write one removes them when it closes last.
+pub async fn connect_read_only(
+    settings: &DatabaseSettings,
+) -> Result<DatabaseConnection, StoreError> {
+    let url = settings.database_url();
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .max_connections(2)
+        .connect_timeout(settings.connect_timeout)
+        .acquire_timeout(settings.connect_timeout)
+        .sqlx_logging(true)
+        .sqlx_logging_level(LevelFilter::Debug);
+    let busy_timeout = settings.busy_timeout;
+    options.map_sqlx_sqlite_opts(move |o| {
+        o.create_if_missing(false)
+            .busy_timeout(busy_timeout)
+            .pragma("query_only", "1")
+            .row_buffer_size(SQLITE_ROW_BUFFER)
+    });
+    options.map_sqlx_postgres_opts(|o| {
+        o.options([
+            ("enable_seqscan", "off"),
+            ("jit", "off"),
+            ("default_transaction_read_only", "on"),
+        ])
+    });
+    Database::connect(options)
+        .await
+        .map_err(|e| map_db_err(&settings.display_url(), "cannot connect", e))
+}
+
 fn connect_options(settings: &DatabaseSettings, max_connections: u32) -> ConnectOptions {
     let url = settings.database_url();
     let mut options = ConnectOptions::new(url.to_owned());

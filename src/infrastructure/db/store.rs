@@ -19,7 +19,7 @@ use super::SQLITE_CHECKPOINT_WHEN_IDLE;
 use super::backlog;
 use super::candidates::Page;
 use super::candidates::{self, Listing};
-use super::claim::{ClaimTxn, Scope};
+use super::claim::{self, ClaimTxn, Scope};
 use super::conn::Conns;
 use super::dialect::Dialect;
 use super::entities::accounts;
@@ -191,6 +191,33 @@ impl AlertStore for SeaOrmStore {
     ) -> Result<u64, StoreError> {
         let resolve = recovery::resolve(&self.conns, rules, now);
         self.recorder.taking_turns(resolve).await
+    }
+
+    fn preview_due(
+        &self,
+        channels: Vec<ChannelName>,
+        rules: AlertRules,
+        page_size: u32,
+        now: DateTime<Utc>,
+    ) -> BoxStream<'static, Result<ClaimBatch, StoreError>> {
+        let pages = candidates::pages(
+            self.conns.clone(),
+            Listing {
+                default_threshold: rules.default_threshold,
+                policy: rules.policy,
+                channels: channels.clone(),
+                cutoffs: rules.cutoffs(now),
+                page_size,
+            },
+        );
+        let conns = self.conns.clone();
+        let (channels, rules) = (Arc::new(channels), Arc::new(rules));
+        pages
+            .then(move |page| {
+                let (conns, channels, rules) = (conns.clone(), channels.clone(), rules.clone());
+                async move { claim::preview(&conns, &channels, &rules, now, &page?).await }
+            })
+            .boxed()
     }
 
     async fn claim_account(
