@@ -15,7 +15,8 @@ use crate::application::sweep::BulkBalanceAlert;
 use crate::cli::{Command, MigrateAction};
 use crate::config::{LoadedConfig, Sources};
 use crate::daemon::{Daemon, signals};
-use crate::domain::{AccountId, AlertStatus, Decision};
+use crate::domain::policy::Source;
+use crate::domain::{Account, AccountId, AccountPolicy, AlertStatus, BadSetting, Decision, Money};
 use crate::infrastructure::audit::NoAuditLog;
 use crate::infrastructure::clock::SystemClock;
 use crate::infrastructure::db::{self, SeaOrmStore};
@@ -166,23 +167,35 @@ async fn check(config: &LoadedConfig, account_id: &AccountId) -> Result<ExitCode
     write_audit_backlog(&store, audit.as_ref()).await?;
     let ctx = build_context(config, store.clone(), audit.clone(), stdout_console())?;
     let currency = ctx.currency.clone();
+    // The row as the check starts, for the explanation (the check reads it again under
+    // its lock and decides on that).
+    let account = ctx.store.find_account(account_id).await?;
     let checked = BalanceAlert::new(ctx).execute(account_id).await;
     drop(flush_on_drop);
     keep_unwritten_audit(&store, audit.as_ref()).await;
     let outcome = checked?;
-    match &outcome {
-        CheckReport::NotFound => println!("check: account {account_id}: not found"),
-        CheckReport::AboveThreshold { balance, threshold } => println!(
-            "check: account {account_id}: balance {} is not below {}; no alert",
+    let basis = account.as_ref().map(|a| Basis::of(a, config));
+    let say = |text: &str| println!("check: account {account_id}: {text}");
+    match (&outcome, &basis) {
+        (CheckReport::NotFound, _) | (_, None) => say("not found"),
+        (CheckReport::AboveThreshold { balance, threshold }, Some(basis)) => say(&format!(
+            "balance {} is not below {} ({}); no alert",
             currency.format(*balance),
-            currency.format(*threshold)
-        ),
-        CheckReport::Evaluated(channels) => {
+            currency.format(*threshold),
+            basis.threshold_from
+        )),
+        (CheckReport::Evaluated(channels), Some(basis)) => {
+            if let Some(account) = &account {
+                say(&format!(
+                    "balance {} is below {} ({})",
+                    currency.format(account.balance),
+                    currency.format(account.effective_threshold(config.rules.default_threshold)),
+                    basis.threshold_from
+                ));
+            }
+            say(&basis.policy_line());
             for (channel, result) in channels {
-                println!(
-                    "check: account {account_id}: {channel}: {}",
-                    explain(result)
-                );
+                say(&format!("{channel}: {}", explain(result, basis)));
             }
         }
     }
@@ -248,8 +261,73 @@ fn print_config(config: &LoadedConfig, check_only: bool) -> Result<ExitCode, App
     Ok(ExitCode::SUCCESS)
 }
 
+/// The settings a check decided with, and where each came from.
+struct Basis {
+    threshold_from: &'static str,
+    /// `once`: the balance that re-arms the account (threshold + `alert.rearm_margin`).
+    rearm_at: String,
+    policy: AccountPolicy,
+    policy_from: &'static str,
+    zone_from: &'static str,
+    quiet_from: &'static str,
+    bad: Option<BadSetting>,
+}
+
+impl Basis {
+    fn of(account: &Account, config: &LoadedConfig) -> Self {
+        let (policy, bad) = config.rules.policy.for_account(account);
+        let from = |own: bool, column: &'static str, key: &'static str| {
+            if own { column } else { key }
+        };
+        let s = &account.settings;
+        let threshold = account.effective_threshold(config.rules.default_threshold);
+        let rearm_at = threshold
+            .minor()
+            .checked_add(config.rules.rearm_margin.minor())
+            .map_or_else(
+                || "an unreachable amount".to_owned(),
+                |minor| config.currency.format(Money::from_minor(minor)),
+            );
+        Self {
+            rearm_at,
+            threshold_from: from(
+                account.threshold_override.is_some(),
+                "the account's own alert_threshold_minor",
+                "alert.threshold",
+            ),
+            policy_from: match policy.policy_from {
+                Source::Account => "accounts.alert_policy",
+                Source::Config => "alert.policy",
+            },
+            zone_from: from(s.timezone.is_some(), "accounts.timezone", "alert.timezone"),
+            quiet_from: from(
+                s.quiet_hours.is_some(),
+                "accounts.quiet_hours",
+                "alert.quiet_hours",
+            ),
+            policy,
+            bad,
+        }
+    }
+
+    fn policy_line(&self) -> String {
+        let p = &self.policy;
+        let quiet = p
+            .quiet_hours
+            .map_or_else(|| "none".to_owned(), |q| q.to_string());
+        let mut line = format!(
+            "policy {} ({}), time zone {} ({}), quiet hours {quiet} ({})",
+            p.policy, self.policy_from, p.timezone, self.zone_from, self.quiet_from
+        );
+        if let Some(bad) = &self.bad {
+            line.push_str(&format!("; cannot be honoured: {bad}"));
+        }
+        line
+    }
+}
+
 /// One channel's result of a check, in plain words.
-fn explain(result: &ChannelResult) -> String {
+fn explain(result: &ChannelResult, basis: &Basis) -> String {
     match result {
         ChannelResult::Delivered(o) => {
             let error = o.error.as_deref().unwrap_or_default();
@@ -271,21 +349,24 @@ fn explain(result: &ChannelResult) -> String {
         }
         ChannelResult::NotDue(decision) => match decision {
             Decision::InCooldown { since } => format!(
-                "in cooldown since {}; not sent",
-                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                "repeat: in cooldown since the alert of {} (alert.cooldown); not sent",
+                since.format("%Y-%m-%d %H:%M UTC")
             ),
             Decision::NotRearmed { since } => format!(
                 "once: not re-armed since the alert of {}; not sent until a sweep sees the \
-                 balance recovered",
-                since.format("%Y-%m-%d %H:%M UTC")
+                 balance at {} or above (threshold + alert.rearm_margin)",
+                since.format("%Y-%m-%d %H:%M UTC"),
+                basis.rearm_at
             ),
             Decision::AlreadyToday { since } => format!(
                 "daily: already alerted today (at {}); not sent",
                 since.format("%Y-%m-%d %H:%M UTC")
             ),
             Decision::Deferred { quiet_hours } => format!(
-                "quiet hours {quiet_hours}: deferred until {}",
-                quiet_hours.end.format("%H:%M")
+                "inside quiet hours {quiet_hours} {zone}: deferred until {} {zone}; the first \
+                 sweep after them sends it if still due",
+                quiet_hours.end.format("%H:%M"),
+                zone = basis.policy.timezone
             ),
             Decision::InFlight { .. } => "being delivered by another sweep".into(),
             Decision::Parked { alert_id } => format!(

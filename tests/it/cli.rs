@@ -281,13 +281,72 @@ async fn check_reports_each_outcome(backend: Backend) {
     );
     let out = check(&low);
     assert!(
-        stdout(&out).contains("console: in cooldown"),
+        stdout(&out).contains("console: repeat: in cooldown since the alert of "),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("balance $1.00 is below $50.00 (alert.threshold)"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains(
+            "policy repeat (alert.policy), time zone UTC (alert.timezone), quiet hours none \
+             (alert.quiet_hours)"
+        ),
         "{}",
         stdout(&out)
     );
     let out = check(&high);
     assert_eq!(out.status.code(), Some(0));
-    assert!(stdout(&out).contains("not below"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("balance $100.00 is not below $50.00 (alert.threshold); no alert"),
+        "{}",
+        stdout(&out)
+    );
+
+    // once, in the account's own zone, and quiet hours in it.
+    let set = |column: &str, value: &str, id: &AccountId| {
+        let sql = format!("UPDATE accounts SET {column} = $1 WHERE id = $2");
+        (sql, value.to_owned(), id.clone())
+    };
+    for (sql, value, id) in [
+        set("alert_policy", "once", &low),
+        set("timezone", "Europe/Paris", &low),
+    ] {
+        app.exec(&sql, vec![value.into(), id.as_str().into()]).await;
+    }
+    let out = check(&low);
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "policy once (accounts.alert_policy), time zone Europe/Paris (accounts.timezone)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("console: once: not re-armed since the alert of "),
+        "{text}"
+    );
+    let quiet = app
+        .insert_account(NewAccount::new("night@example.com", 100))
+        .await;
+    let (sql, _, _) = set("quiet_hours", "", &quiet);
+    app.exec(&sql, vec!["00:00-23:59".into(), quiet.as_str().into()])
+        .await;
+    let (sql, _, _) = set("timezone", "", &quiet);
+    app.exec(&sql, vec!["America/New_York".into(), quiet.as_str().into()])
+        .await;
+    let out = check(&quiet);
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "console: inside quiet hours 00:00-23:59 America/New_York: deferred until 23:59 \
+             America/New_York"
+        ) || text.contains("console: sent"),
+        "{text}"
+    );
     assert_eq!(check(&bad).status.code(), Some(3));
     let unknown = AccountId::new(uuid::Uuid::new_v4().to_string());
     let out = check(&unknown);
@@ -307,6 +366,16 @@ fn bad_configuration_exits_2_naming_the_key() {
         ("[alert]\nthreshold = 50.5", "decimal string"),
         ("[alert]\ncooldown = \"a while\"", "alert.cooldown"),
         ("[alert]\ncooldown = 24", "alert.cooldown"),
+        ("[alert]\npolicy = \"weekly\"", "alert.policy"),
+        ("[alert]\ntimezone = \"Mars/Olympus\"", "alert.timezone"),
+        ("[alert]\ntimezone = \"CEST\"", "alert.timezone"),
+        ("[alert]\nquiet_hours = \"22-7\"", "alert.quiet_hours"),
+        (
+            "[alert]\nquiet_hours = \"25:00-07:00\"",
+            "alert.quiet_hours",
+        ),
+        ("[alert]\nrearm_margin = \"-1.00\"", "alert.rearm_margin"),
+        ("[alert]\nrearm_margin = \"1.001\"", "alert.rearm_margin"),
         ("[schedule]\ncron = \"*/5 * * * *\"", "schedule.cron"),
         ("[schedule]\ncron = \"0 99 * * * *\"", "schedule.cron"),
         ("[alert]\nthresold = \"1.00\"", "thresold"),
