@@ -359,8 +359,11 @@ fn explain(result: &ChannelResult, basis: &Basis) -> String {
                 basis.rearm_at
             ),
             Decision::AlreadyToday { since } => format!(
-                "daily: already alerted today (at {}); not sent",
-                since.format("%Y-%m-%d %H:%M UTC")
+                "daily: already alerted today in {zone} (at {}); not sent before midnight there",
+                since
+                    .with_timezone(&basis.policy.timezone)
+                    .format("%Y-%m-%d %H:%M %Z"),
+                zone = basis.policy.timezone
             ),
             Decision::Deferred { quiet_hours } => format!(
                 "inside quiet hours {quiet_hours} {zone}: deferred until {} {zone}; the first \

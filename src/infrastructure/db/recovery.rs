@@ -41,13 +41,10 @@ pub(super) async fn resolve(
     now: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
     use alert_logs::Column as L;
-    let mut update = Query::update();
-    update
-        .table(alert_logs::Entity)
-        .value(L::ResolvedAt, now)
-        // Exactly the predicate of `idx_alert_logs_unresolved`.
-        .and_where(Expr::col(L::ResolvedAt).is_null())
-        .and_where(Expr::col(L::Status).is_in([
+    // Exactly the predicate of `idx_alert_logs_unresolved`, then the account's recovery.
+    let mut due = Condition::all()
+        .add(Expr::col(L::ResolvedAt).is_null())
+        .add(Expr::col(L::Status).is_in([
             status_literal(AlertStatus::Sent),
             status_literal(AlertStatus::Expired),
         ]));
@@ -65,7 +62,7 @@ pub(super) async fn resolve(
             )
             .cond_where(recovered_once)
             .to_owned();
-        update.and_where(Expr::exists(account));
+        due = due.add(Expr::exists(account));
     } else {
         // Only accounts with `alert_policy = 'once'` of their own (`idx_accounts_own_policy`).
         let accounts = Query::select()
@@ -73,8 +70,29 @@ pub(super) async fn resolve(
             .from(accounts::Entity)
             .cond_where(recovered_once)
             .to_owned();
-        update.and_where(Expr::col(L::AccountId).in_subquery(accounts));
+        due = due.add(Expr::col(L::AccountId).in_subquery(accounts));
     }
+    // Almost always nothing to resolve: a read first, so that a sweep takes SQLite's write
+    // lock only when it has something to write (a bank's batch job may hold it).
+    let any = Query::select()
+        .expr(Expr::val(1))
+        .from(alert_logs::Entity)
+        .cond_where(due.clone())
+        .limit(1)
+        .to_owned();
+    let found = conns
+        .db
+        .query_one(&any)
+        .await
+        .map_err(conns.err("cannot read alert_logs"))?;
+    if found.is_none() {
+        return Ok(0);
+    }
+    let update = Query::update()
+        .table(alert_logs::Entity)
+        .value(L::ResolvedAt, now)
+        .cond_where(due)
+        .to_owned();
     let resolved = conns
         .writer
         .execute(&update)
