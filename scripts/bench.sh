@@ -8,6 +8,9 @@
 #                                     this shared 2-core VM varies by up to 30% run to run)
 #
 #   BENCH_BACKENDS="sqlite postgres"  a subset of: sqlite postgres pg-durable (default: all)
+#   BENCH_SCENARIO=once               default | once (alert.policy = "once") | quiet10 (10% of
+#                                     the accounts, ids below '1a', with their own time zone
+#                                     and quiet hours, outside the window when measured)
 #
 # For each N and backend (10% of the accounts below the 50.00 threshold, random UUID ids):
 #   first_s     first sweep, console channel to /dev/null
@@ -53,9 +56,21 @@ if [[ " ${BACKENDS[*]} " == *" pg-durable "* ]]; then
   DURABLE_ADMIN=$(sed -n 's/^export BALANCE_ALERT_TEST_PG_URL=//p' <<<"$DURABLE_ENV")
 fi
 
+SCENARIO=${BENCH_SCENARIO:-default}
+case $SCENARIO in
+  default | quiet10) POLICY_TOML="" ;;
+  once) POLICY_TOML=$'[alert]\npolicy = "once"' ;;
+  *) echo "bench: unknown BENCH_SCENARIO=$SCENARIO" >&2; exit 2 ;;
+esac
+
 config() { # URL [extra toml]
-  printf '[database]\nurl = "%s"\n[log]\ndir = "%s/logs"\n%s\n' "$1" "$WORK" "${2:-}" >"$WORK/config.toml"
+  printf '[database]\nurl = "%s"\n[log]\ndir = "%s/logs"\n%s\n%s\n' "$1" "$WORK" "$POLICY_TOML" "${2:-}" >"$WORK/config.toml"
 }
+
+# quiet10: a window that is not open now (so the same deliveries are made) in a zone of
+# their own, on ~10% of the accounts (random ids below '1a': 1/16 + 10/256).
+QUIET_SQL="UPDATE accounts SET timezone = 'Asia/Kolkata', quiet_hours = '$(TZ=Asia/Kolkata date -d '+6 hour' +%H:00)-$(TZ=Asia/Kolkata date -d '+7 hour' +%H:00)' WHERE id < '1a'"
+
 
 # Runs one sweep with its stdout (the console channel's alerts, the summary) going to
 # STDOUT (default /dev/null, as the performance issue specifies); prints "wall_s max_rss_mb".
@@ -174,6 +189,7 @@ webhook() { # -> deliveries per second (and checks the receiver saw every one)
   echo "$sent / $wall" | bc
 }
 
+echo "scenario: $SCENARIO"
 printf '%-10s %9s %9s %8s %8s %10s %7s %11s %6s %10s\n' backend accounts eligible first_s deliv/s resweep_s rss_mb bare_sql_s ratio webhook/s
 for n in "${SIZES[@]}"; do
   for backend in "${BACKENDS[@]}"; do
@@ -187,6 +203,10 @@ for n in "${SIZES[@]}"; do
     config "$url"
     "$BIN" -c "$WORK/config.toml" migrate >/dev/null
     if [[ $backend == sqlite ]]; then sqlite_load "$target" "$n"; else pg_load "$target" "$n"; fi
+    if [[ $SCENARIO == quiet10 ]]; then
+      if [[ $backend == sqlite ]]; then sqlite3 "$target" "$QUIET_SQL; VACUUM;"
+      else psql -q "$target" -c "$QUIET_SQL" -c "CHECKPOINT" -c "VACUUM ANALYZE accounts" -c "CHECKPOINT"; fi
+    fi
     # Background work after a bulk load (checkpoints, the kernel writing the loaded pages
     # back to disk) would be measured too.
     if [[ $backend != sqlite ]]; then psql -q "$target" -c "CHECKPOINT"; fi
