@@ -217,6 +217,7 @@ pub fn build_context_with_clock(
     clock: Arc<dyn Clock>,
 ) -> Result<AlertContext, AppError> {
     let channels = notify::build_channels(config, console)?;
+    let digests = notify::build_digests(config)?;
     Ok(AlertContext {
         store: Arc::new(store),
         channels,
@@ -225,6 +226,7 @@ pub fn build_context_with_clock(
         rules: config.rules.clone(),
         delivery: delivery_policy(config),
         currency: config.currency.clone(),
+        digests,
     })
 }
 

@@ -8,9 +8,14 @@ Every accepted message is appended to OUTFILE as one JSON line
 CODE, the first FAIL_FIRST messages are refused at DATA with that SMTP reply code (451 is
 transient, 550 permanent). With USER and PASSWORD, AUTH (PLAIN or LOGIN) with exactly those
 credentials is required before MAIL (allowed without TLS: this is loopback). Prints "ready" once it accepts connections; runs until killed.
+
+TLS (environment): SMTP_TLS=starttls (STARTTLS required before MAIL) or implicit (TLS from
+the first byte, as smtps://), with the certificate chain and key in SMTP_CERT and SMTP_KEY.
 """
 import asyncio
 import json
+import os
+import ssl
 import sys
 import warnings
 
@@ -53,7 +58,18 @@ def main():
             return AuthResult(success=(auth_data.login, auth_data.password) == (user, password))
 
         auth = {"auth_required": True, "auth_require_tls": False, "authenticator": authenticator}
-    controller = Controller(Recorder(outfile, fail_first, code), hostname="127.0.0.1", port=port, **auth)
+    tls = {}
+    mode = os.environ.get("SMTP_TLS")
+    if mode:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(os.environ["SMTP_CERT"], os.environ["SMTP_KEY"])
+        if mode == "starttls":
+            tls = {"tls_context": context, "require_starttls": True}
+        else:
+            tls = {"ssl_context": context}
+    controller = Controller(
+        Recorder(outfile, fail_first, code), hostname="127.0.0.1", port=port, **auth, **tls
+    )
     controller.start()
     print("ready", flush=True)
     try:

@@ -71,6 +71,7 @@ pub async fn run_demo() -> Result<ExitCode, AppError> {
             jitter_seed: None,
         },
         currency: currency.clone(),
+        digests: Vec::new(),
     };
     println!(
         "\n--- Running bulk alerts (threshold: {}) ---",

@@ -9,7 +9,7 @@ pub mod sweep;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::domain::ports::{AlertStore, AuditLog, Channel, Clock};
+use crate::domain::ports::{AlertStore, AuditLog, Channel, Clock, DigestSink};
 use crate::domain::{AlertRules, ChannelName, Currency};
 
 /// How deliveries are attempted.
@@ -39,6 +39,8 @@ pub struct AlertContext {
     pub rules: AlertRules,
     pub delivery: DeliveryPolicy,
     pub currency: Currency,
+    /// Operations channels told once per sweep (Slack in digest mode); usually none.
+    pub digests: Vec<Arc<dyn DigestSink>>,
 }
 
 impl AlertContext {

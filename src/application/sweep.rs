@@ -3,6 +3,7 @@
 //! under its lock, running ahead of the deliveries), [`deliver`] sends and records them, and
 //! the lease on every claim is renewed until its outcome is recorded.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -15,7 +16,7 @@ use tracing::info;
 
 use super::AlertContext;
 use super::deliver::{self, DeliveryTally};
-use crate::domain::ports::{AuditEntry, ClaimBatch, StoreError, SweepClaims};
+use crate::domain::ports::{AuditEntry, ClaimBatch, StoreError, SweepClaims, SweepDigest};
 use crate::domain::{AlertStatus, Claim, ClaimTally, Lease, Outcome};
 
 /// Why a sweep did not finish.
@@ -115,6 +116,9 @@ impl SweepSummary {
 struct Claimed {
     tally: ClaimTally,
     expired: u64,
+    /// The first few claims, for a digest.
+    first: Vec<Claim>,
+    unconfigured: BTreeSet<String>,
     error: Option<StoreError>,
 }
 
@@ -175,6 +179,7 @@ impl BulkBalanceAlert {
         if let Some(e) = claimed.error {
             return Err(e.into());
         }
+        warn_unconfigured(&claimed.unconfigured);
         let mut summary =
             SweepSummary::new(below_threshold, &claimed.tally, &delivered, claimed.expired);
         summary.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -187,6 +192,7 @@ impl BulkBalanceAlert {
                 "Claims not attempted: their lease could not be renewed in time; they expire and are retried."
             );
         }
+        post_digests(ctx, &summary, claimed.first).await;
         info!(
             below_threshold = summary.below_threshold,
             eligible = summary.eligible,
@@ -224,10 +230,12 @@ impl BulkBalanceAlert {
         );
         let (mut tally, mut delivered, mut expired) =
             (ClaimTally::default(), DeliveryTally::default(), 0);
+        let mut unconfigured = BTreeSet::new();
         while let Some(batch) = batches.next().await {
             let batch = batch?;
             tally.add(&batch.tally);
             expired += batch.expired.len() as u64;
+            unconfigured.extend(batch.unconfigured);
             for claim in &batch.claims {
                 if claim.rejected.is_some() {
                     delivered.failed += 1;
@@ -237,10 +245,58 @@ impl BulkBalanceAlert {
                 }
             }
         }
+        warn_unconfigured(&unconfigured);
         let mut summary = SweepSummary::new(below_threshold, &tally, &delivered, expired);
         summary.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         summary.dry_run = true;
         Ok(summary)
+    }
+}
+
+/// Claims kept for the digest message.
+const DIGEST_FIRST: usize = 5;
+
+/// Tells the operations channels (Slack in digest mode) what a sweep that attempted
+/// deliveries did. A failure is logged and changes nothing else: not the summary, not the
+/// exit code, not a customer's alert.
+async fn post_digests(ctx: &AlertContext, summary: &SweepSummary, first: Vec<Claim>) {
+    if ctx.digests.is_empty() || summary.sent + summary.failed == 0 {
+        return;
+    }
+    let digest = SweepDigest {
+        below_threshold: summary.below_threshold,
+        eligible: summary.eligible,
+        sent: summary.sent,
+        failed: summary.failed,
+        deferred: summary.deferred,
+        first,
+    };
+    for sink in &ctx.digests {
+        let posted = tokio::time::timeout(ctx.delivery.timeout, sink.post(&digest)).await;
+        let error = match posted {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e.message,
+            Err(_) => format!(
+                "timed out after {}",
+                humantime::format_duration(ctx.delivery.timeout)
+            ),
+        };
+        tracing::warn!(
+            channel = sink.name(),
+            error,
+            "Cannot post the sweep digest; customer alerts are unaffected."
+        );
+    }
+}
+
+/// Once per sweep: accounts named channels (`alert_channels`) that are not configured.
+fn warn_unconfigured(names: &BTreeSet<String>) {
+    if !names.is_empty() {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        tracing::warn!(
+            channels = names.join(","),
+            "accounts.alert_channels names channels that notify.channels does not configure; ignored for those accounts."
+        );
     }
 }
 
@@ -257,6 +313,11 @@ fn take_claims(
         Ok(batch) => {
             claimed.tally.add(&batch.tally);
             claimed.expired += batch.expired.len() as u64;
+            claimed.unconfigured.extend(batch.unconfigured);
+            let room = DIGEST_FIRST.saturating_sub(claimed.first.len());
+            claimed
+                .first
+                .extend(batch.claims.iter().take(room).cloned());
             audit_given_up(ctx, &batch.expired);
             batch.claims
         }

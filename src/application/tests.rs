@@ -156,6 +156,7 @@ impl Harness {
                 jitter_seed: Some(1),
             },
             currency: Currency::usd(),
+            digests: Vec::new(),
         };
         Self {
             store,

@@ -118,6 +118,11 @@ pub struct EmailSettings {
     pub username: Option<String>,
     #[serde(default, serialize_with = "redact::optional_secret")]
     pub password: Option<SecretString>,
+    /// Allow plain (or downgradable, `?tls=opportunistic`) SMTP to a host other than loopback.
+    pub allow_insecure: bool,
+    /// A PEM file of CA certificates trusted for the SMTP server (a bank's private CA).
+    #[serde(default)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
     pub from: String,
     /// Template (minijinja).
     pub subject: String,
@@ -132,6 +137,19 @@ pub struct SlackSettings {
     pub webhook_url: Option<SecretString>,
     /// Template (minijinja); `name` and `email` arrive escaped for Slack (`&`, `<`, `>`).
     pub text: String,
+    /// `per_alert`: one message per account; `digest`: one per sweep.
+    pub mode: SlackMode,
+}
+
+/// How the Slack channel is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlackMode {
+    /// A delivery per account, claimed, retried and audited like any channel.
+    PerAlert,
+    /// One summary message after each sweep that attempted deliveries (for an ops channel:
+    /// Slack accepts about one message a second per webhook).
+    Digest,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -139,10 +157,31 @@ pub struct SlackSettings {
 pub struct WebhookSettings {
     #[serde(default, serialize_with = "redact::optional_url")]
     pub url: Option<SecretString>,
-    #[serde(default, serialize_with = "redact::optional_secret")]
-    pub secret: Option<SecretString>,
+    /// One signing secret, or a list of them while one is being rotated (each signs).
+    #[serde(default, serialize_with = "redact::secrets")]
+    pub secret: Secrets,
     /// Allow plain `http://` to a non-loopback host.
     pub allow_insecure_http: bool,
+}
+
+/// Secrets given as one string or as a list of strings.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets(pub Vec<SecretString>);
+
+impl<'de> Deserialize<'de> for Secrets {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        let list = match OneOrMany::deserialize(d)? {
+            OneOrMany::One(one) => vec![one],
+            OneOrMany::Many(many) => many,
+        };
+        Ok(Self(list.into_iter().map(SecretString::from).collect()))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

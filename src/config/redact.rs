@@ -59,6 +59,15 @@ pub fn optional_secret<S: Serializer>(
     }
 }
 
+pub fn secrets<S: Serializer>(value: &super::Secrets, serializer: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = serializer.serialize_seq(Some(value.0.len()))?;
+    for _ in &value.0 {
+        seq.serialize_element(REDACTED)?;
+    }
+    seq.end()
+}
+
 #[cfg(test)]
 mod tests {
     use super::mask_url;

@@ -1,6 +1,8 @@
 //! Deciding what to claim for accounts read under the claim's lock: the one rule every store
 //! applies (the SQL candidate query only pre-filters with the same [`Cutoffs`]).
 
+use std::collections::BTreeSet;
+
 use serde::Serialize;
 
 use super::account::{Account, AccountId};
@@ -14,7 +16,8 @@ use super::alert::{
 pub struct ClaimTally {
     /// At least one delivery claimed.
     pub claimed: u64,
-    /// Below the threshold, but every channel in cooldown, in flight elsewhere or parked.
+    /// Below the threshold, but every channel of the account not due (blocked by its
+    /// policy, in flight elsewhere or parked), or the account opted out of every channel.
     pub nothing_due: u64,
     /// Locked by another claimer at that moment (a check's account; see `changed` for pages).
     pub locked: u64,
@@ -57,6 +60,36 @@ pub struct ClaimPlan {
     /// explains itself, a sweep only counts).
     pub decisions: Vec<(AccountId, ChannelName, Decision)>,
     pub tally: ClaimTally,
+    /// Channel names accounts asked for (`alert_channels`) that are not configured: ignored,
+    /// for the sweep to warn about once.
+    pub unconfigured: BTreeSet<String>,
+}
+
+/// The configured channels an account is alerted on: all of them when its `alert_channels`
+/// is null, those it names otherwise (comma-separated; `''` names none: opted out). Names
+/// not configured are added to `unconfigured`.
+pub fn channels_for<'c>(
+    account: &Account,
+    channels: &'c [ChannelName],
+    unconfigured: &mut BTreeSet<String>,
+) -> Vec<&'c ChannelName> {
+    let Some(list) = account.settings.alert_channels.as_deref() else {
+        return channels.iter().collect();
+    };
+    let named: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .collect();
+    for name in &named {
+        if !channels.iter().any(|c| c.as_str() == *name) {
+            unconfigured.insert((*name).to_owned());
+        }
+    }
+    channels
+        .iter()
+        .filter(|c| named.contains(&c.as_str()))
+        .collect()
 }
 
 /// Plans the claims for `accounts` as read under the lock, with their stored alerts.
@@ -85,7 +118,7 @@ pub fn plan_claims(
             .then(|| policy.quiet_now(cutoffs.now))
             .flatten();
         let (mut claimed, mut deferred) = (false, false);
-        for channel in channels {
+        for channel in channels_for(account, channels, &mut plan.unconfigured) {
             let claim = |alert_id: AlertId, prior_attempts, created_at| Claim {
                 alert_id,
                 channel: channel.clone(),

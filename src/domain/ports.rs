@@ -51,6 +51,8 @@ pub struct ClaimBatch {
     pub tally: ClaimTally,
     /// Per account and channel, what was decided (filled by [`AlertStore::claim_account`]).
     pub decisions: Vec<(AccountId, ChannelName, Decision)>,
+    /// Channel names accounts asked for that are not configured (ignored).
+    pub unconfigured: std::collections::BTreeSet<String>,
 }
 
 /// Accounts and their alert log.
@@ -144,6 +146,30 @@ pub trait Channel: Send + Sync {
     /// later attempt may fix, [`DeliveryError::permanent`] otherwise. The caller applies the
     /// per-attempt timeout and the retries.
     async fn send(&self, message: &AlertMessage) -> Result<(), DeliveryError>;
+}
+
+/// What one sweep did, for an operations channel (`notify.slack.mode = "digest"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepDigest {
+    /// Accounts below their threshold, and how many of them got a delivery claimed.
+    pub below_threshold: u64,
+    pub eligible: u64,
+    /// Deliveries (account x channel).
+    pub sent: u64,
+    pub failed: u64,
+    pub deferred: u64,
+    /// The first few deliveries attempted, in claim order.
+    pub first: Vec<Claim>,
+}
+
+/// An operations channel told once per sweep that attempted deliveries — never once per
+/// account. Its failure is logged and affects nothing else.
+#[async_trait]
+pub trait DigestSink: Send + Sync {
+    /// The name it is configured under (`slack`).
+    fn name(&self) -> &str;
+
+    async fn post(&self, digest: &SweepDigest) -> Result<(), DeliveryError>;
 }
 
 /// The time, so tests can move it.

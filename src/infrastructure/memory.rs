@@ -171,6 +171,7 @@ impl InMemoryStore {
             expired: plan.expire,
             tally: plan.tally,
             decisions: plan.decisions,
+            unconfigured: plan.unconfigured,
         }
     }
 }
@@ -250,6 +251,7 @@ impl AlertStore for InMemoryStore {
             expired: plan.expire,
             tally: plan.tally,
             decisions: Vec::new(),
+            unconfigured: plan.unconfigured,
         };
         stream::iter([Ok(batch)]).boxed()
     }

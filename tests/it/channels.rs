@@ -15,7 +15,7 @@ use hmac::{KeyInit, Mac};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
-use crate::helpers::{Backend, NewAccount, TestApp};
+use crate::helpers::{Backend, Captured, NewAccount, TestApp};
 
 /// Channels built from configuration exactly as the daemon builds them.
 pub fn context(app: &TestApp, env: &[(&str, &str)]) -> AlertContext {
@@ -30,6 +30,7 @@ pub fn context(app: &TestApp, env: &[(&str, &str)]) -> AlertContext {
     .expect("valid config");
     let channels = notify::build_channels(&loaded, app.console.out()).expect("channels");
     let mut ctx = app.context_with(channels);
+    ctx.digests = notify::build_digests(&loaded).expect("digests");
     ctx.delivery.timeout = loaded.settings.delivery.timeout;
     ctx.delivery.max_attempts = loaded.settings.delivery.max_attempts;
     ctx.delivery.max_backoff = loaded.settings.delivery.retry_max_backoff;
@@ -48,10 +49,30 @@ fn webhook_env(server: &MockServer) -> Vec<(&'static str, String)> {
     vec![
         ("NOTIFY__CHANNELS", "webhook".into()),
         ("NOTIFY__WEBHOOK__URL", format!("{}/hook", server.uri())),
-        ("NOTIFY__WEBHOOK__SECRET", "whsec-test-key".into()),
+        ("NOTIFY__WEBHOOK__SECRET", STANDARD_SECRET.into()),
         ("DELIVERY__RETRY_INITIAL_BACKOFF", "10ms".into()),
         ("DELIVERY__RETRY_MAX_BACKOFF", "3s".into()),
     ]
+}
+
+/// A Standard Webhooks secret: `whsec_` and the base64 of the key.
+const STANDARD_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn verifier(secret: &str) -> standardwebhooks::Webhook {
+    standardwebhooks::Webhook::new(secret).expect("a valid whsec_ secret")
+}
+
+/// The request's headers as the `standardwebhooks` crate takes them.
+fn http_headers(request: &Request) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in request.headers.iter() {
+        let name = http::HeaderName::from_bytes(name.as_str().as_bytes()).unwrap();
+        headers.append(
+            name,
+            http::HeaderValue::from_bytes(value.as_bytes()).unwrap(),
+        );
+    }
+    headers
 }
 
 pub fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
@@ -92,8 +113,14 @@ async fn webhook_posts_the_documented_payload_idempotency_key_and_a_verifiable_s
     let alert_id = app.alert_rows(&id).await[0].id.clone();
     assert_eq!(header(request, "content-type"), "application/json");
     assert_eq!(header(request, "idempotency-key"), alert_id);
-    // The signature, computed here independently over the exact bytes received.
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"whsec-test-key").unwrap();
+    // Standard Webhooks, verified by an independent implementation (the `standardwebhooks`
+    // crate), over the exact bytes and headers received.
+    assert_eq!(header(request, "webhook-id"), alert_id);
+    verifier(STANDARD_SECRET)
+        .verify(&request.body, &http_headers(request))
+        .expect("the standardwebhooks crate accepts the request");
+    // The legacy signature, computed here independently over the exact bytes received.
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(STANDARD_SECRET.as_bytes()).unwrap();
     mac.update(&request.body);
     assert_eq!(
         header(request, "x-signature-256"),
@@ -118,10 +145,12 @@ async fn webhook_posts_the_documented_payload_idempotency_key_and_a_verifiable_s
             "currency",
             "owner_email",
             "owner_name",
-            "threshold"
+            "threshold",
+            "type"
         ]
         .into()
     );
+    assert_eq!(body["type"], "balance.low");
     assert_eq!(body["alert_id"], alert_id.as_str());
     assert_eq!(body["account_id"], id.as_str());
     assert_eq!(body["owner_email"], "alice@example.com");
@@ -324,6 +353,17 @@ impl SmtpServer {
 
     /// `auth`: `[user, password]` to require SMTP AUTH.
     fn start_with(port: u16, refuse_first: usize, code: u16, auth: &[&str]) -> Self {
+        Self::start_tls(port, refuse_first, code, auth, &[])
+    }
+
+    /// `tls`: the `SMTP_TLS`, `SMTP_CERT`, `SMTP_KEY` environment of tests/smtp_server.py.
+    fn start_tls(
+        port: u16,
+        refuse_first: usize,
+        code: u16,
+        auth: &[&str],
+        tls: &[(&str, String)],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("mail.jsonl");
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smtp_server.py");
@@ -336,6 +376,7 @@ impl SmtpServer {
                 &code.to_string(),
             ])
             .args(auth)
+            .envs(tls.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 with aiosmtpd (scripts/test.sh installs it)");
@@ -568,4 +609,331 @@ async fn smtp_auth_credentials_come_from_the_url_or_from_separate_keys() {
     let wrong = attempt(plain, Some(("alerts", "wrong"))).await;
     assert_eq!(wrong.failed, 1);
     assert_eq!(smtp.messages().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_secrets_rotate_and_a_replayed_request_is_rejected_by_the_verifier() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    app.insert_account(NewAccount::new("rotate@example.com", 100))
+        .await;
+    // Rotation: the old secret and the new one both sign, so receivers on either verify.
+    let (old, new) = (STANDARD_SECRET, "whsec_c2Vjb25kLWtleS1mb3Itcm90YXRpb24=");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        file.path(),
+        format!(
+            "[notify]\nchannels = [\"webhook\"]\n[notify.webhook]\nurl = \"{}/hook\"\nsecret = [\"{old}\", \"{new}\"]\n",
+            server.uri()
+        ),
+    )
+    .unwrap();
+    let loaded = config::load(&Sources {
+        files: vec![file.path().to_owned()],
+        env: Some(HashMap::new()),
+    })
+    .expect("config");
+    // Signed by a channel whose clock says 2026-11-27 12:00: days before the verifier's now,
+    // as a request captured then and replayed today would be.
+    let replayed = notify::WebhookChannel::build_with_clock(&loaded, app.clock.clone()).unwrap();
+    let ctx = app.context_with(vec![std::sync::Arc::new(replayed)]);
+    assert_eq!(sweep(&ctx).await.sent, 1);
+
+    let requests = server.received_requests().await.unwrap();
+    let request = &requests[0];
+    let signatures = header(request, "webhook-signature");
+    assert_eq!(signatures.split(' ').count(), 2, "{signatures}");
+    let headers = http_headers(request);
+    let (id, timestamp) = (
+        header(request, "webhook-id"),
+        header(request, "webhook-timestamp").parse::<i64>().unwrap(),
+    );
+    assert_eq!(
+        timestamp,
+        app.clock_now().timestamp(),
+        "signed at the channel's clock"
+    );
+    for secret in [old, new] {
+        // The crate's own signature of what was sent is among those the daemon sent.
+        let expected = verifier(secret).sign(id, timestamp, &request.body).unwrap();
+        assert!(
+            signatures.split(' ').any(|s| s == expected),
+            "{secret}: {signatures}"
+        );
+        let replay = verifier(secret).verify(&request.body, &headers);
+        assert!(
+            matches!(
+                replay,
+                Err(standardwebhooks::WebhookError::TimestampTooOldError)
+            ),
+            "a request signed days ago is outside the tolerance: rejected ({replay:?})"
+        );
+    }
+    let stranger = verifier("whsec_bm90LWEtY29uZmlndXJlZC1zZWNyZXQ=")
+        .sign(id, timestamp, &request.body)
+        .unwrap();
+    assert!(
+        !signatures.split(' ').any(|s| s == stranger),
+        "a secret that did not sign it does not match"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_redirect_is_a_failure_and_is_not_followed() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let server = MockServer::start().await;
+    let elsewhere = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(307)
+                .insert_header("location", format!("{}/stolen", elsewhere.uri()).as_str()),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&elsewhere)
+        .await;
+    let id = app
+        .insert_account(NewAccount::new("redirect@example.com", 100))
+        .await;
+    let ctx = context(&app, &env_refs(&webhook_env(&server)));
+    let summary = sweep(&ctx).await;
+    assert_eq!((summary.sent, summary.failed), (0, 1), "{summary}");
+    assert!(
+        elsewhere.received_requests().await.unwrap().is_empty(),
+        "the redirect target got nothing"
+    );
+    let row = &app.alert_rows(&id).await[0];
+    assert_eq!(
+        row.status, "failed",
+        "a 3xx is permanent: {:?}",
+        row.last_error
+    );
+    assert!(
+        row.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("307")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_digest_posts_one_message_for_a_sweep_of_500_alerts() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let slack = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&slack)
+        .await;
+    for i in 0..500 {
+        app.insert_account(NewAccount::new(&format!("c{i}@example.com"), 100 + i))
+            .await;
+    }
+    let url = format!("{}/services/T0/B0/XYZ", slack.uri());
+    let ctx = context(
+        &app,
+        &[
+            ("NOTIFY__CHANNELS", "console,slack"),
+            ("NOTIFY__SLACK__WEBHOOK_URL", &url),
+            ("NOTIFY__SLACK__MODE", "digest"),
+        ],
+    );
+    let summary = sweep(&ctx).await;
+    assert_eq!((summary.sent, summary.failed), (500, 0), "{summary}");
+    let requests = slack.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1, "one Slack message for the whole sweep");
+    let body: serde_json::Value = serde_json::from_slice(&requests[0].body).unwrap();
+    let text = body["text"].as_str().unwrap();
+    assert!(
+        text.starts_with(
+            "Balance alert sweep: 500 deliveries attempted for 500 of 500 accounts below their \
+             threshold: 500 sent, 0 failed, 0 deferred (quiet hours)."
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("\n• ").count(),
+        5,
+        "the first few alerts: {text}"
+    );
+    assert!(text.ends_with("… and 495 more."), "{text}");
+    let rows = app
+        .count("SELECT COUNT(*) AS n FROM alert_logs WHERE channel = 'slack'")
+        .await;
+    assert_eq!(rows, 0, "no per-account Slack deliveries");
+
+    // A sweep with nothing to deliver posts nothing.
+    assert_eq!(sweep(&ctx).await.sent, 0);
+    assert_eq!(slack.received_requests().await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_slack_digest_never_affects_the_customer_channels() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let slack = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&slack)
+        .await;
+    app.insert_account(NewAccount::new("customer@example.com", 100))
+        .await;
+    let url = format!("{}/services/T0/B0/XYZ", slack.uri());
+    let ctx = context(
+        &app,
+        &[
+            ("NOTIFY__CHANNELS", "console,slack"),
+            ("NOTIFY__SLACK__WEBHOOK_URL", &url),
+            ("NOTIFY__SLACK__MODE", "digest"),
+        ],
+    );
+    let summary = sweep(&ctx).await;
+    assert_eq!((summary.sent, summary.failed), (1, 0), "{summary}");
+    assert_eq!(app.console.count_for("customer@example.com"), 1);
+    assert_eq!(
+        slack.received_requests().await.unwrap().len(),
+        1,
+        "tried once, not retried"
+    );
+}
+
+/// A CA the test makes up, and a server certificate for `localhost` and 127.0.0.1 it signs.
+struct TestPki {
+    dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "Bank Test Root CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let server_params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        let server_key = KeyPair::generate().unwrap();
+        let server = server_params.signed_by(&server_key, &ca, &ca_key).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("server.pem"), server.pem() + &ca.pem()).unwrap();
+        std::fs::write(dir.path().join("server.key"), server_key.serialize_pem()).unwrap();
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_owned()
+    }
+
+    fn server_env(&self, mode: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("SMTP_TLS", mode.to_owned()),
+            ("SMTP_CERT", self.path("server.pem")),
+            ("SMTP_KEY", self.path("server.key")),
+        ]
+    }
+}
+
+/// E-mail over STARTTLS and implicit TLS to a server whose certificate a private CA signed:
+/// delivered with `tls_ca_file`, refused without it (the certificate is not trusted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_over_starttls_and_implicit_tls_trusts_a_private_ca_and_refuses_an_unknown_one() {
+    let pki = TestPki::new();
+    for (mode, url) in [
+        ("starttls", "smtp://localhost:{port}?tls=required"),
+        ("implicit", "smtps://localhost:{port}"),
+    ] {
+        let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+        let port = free_port();
+        let server = SmtpServer::start_tls(port, 0, 451, &[], &pki.server_env(mode));
+        app.insert_account(NewAccount::new("tls@example.com", 100))
+            .await;
+        let mut env = email_env(port);
+        env.retain(|(k, _)| *k != "NOTIFY__EMAIL__SMTP_URL");
+        env.push((
+            "NOTIFY__EMAIL__SMTP_URL",
+            url.replace("{port}", &port.to_string()),
+        ));
+        env.push(("DELIVERY__MAX_ATTEMPTS", "1".into()));
+
+        // Without the CA: the server's certificate is not trusted, nothing is sent.
+        let untrusted = sweep(&context(&app, &env_refs(&env))).await;
+        assert_eq!(
+            (untrusted.sent, untrusted.failed),
+            (0, 1),
+            "{mode}: {untrusted}"
+        );
+        assert!(server.messages().is_empty(), "{mode}: nothing crossed");
+
+        env.push(("NOTIFY__EMAIL__TLS_CA_FILE", pki.path("ca.pem")));
+        app.clock.advance(Duration::from_secs(60));
+        let trusted = sweep(&context(&app, &env_refs(&env))).await;
+        assert_eq!((trusted.sent, trusted.failed), (1, 0), "{mode}: {trusted}");
+        let messages = server.messages();
+        assert_eq!(messages.len(), 1, "{mode}");
+        assert_eq!(messages[0]["rcpt_tos"][0], "tls@example.com");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_smtp_to_a_remote_host_is_a_configuration_error_unless_allowed() {
+    let load = |env: &[(&str, &str)]| {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (format!("BALANCE_ALERT__{k}"), (*v).to_owned()))
+            .collect();
+        let loaded = config::load(&Sources {
+            files: Vec::new(),
+            env: Some(env),
+        })
+        .expect("config");
+        notify::build_channels(&loaded, Captured::default().out()).map(|_| ())
+    };
+    let remote = [
+        ("NOTIFY__CHANNELS", "email"),
+        ("NOTIFY__EMAIL__SMTP_URL", "smtp://mail.bank.example:25"),
+    ];
+    let error = load(&remote).unwrap_err().to_string();
+    assert!(error.contains("notify.email.allow_insecure"), "{error}");
+    let downgradable = [
+        ("NOTIFY__CHANNELS", "email"),
+        (
+            "NOTIFY__EMAIL__SMTP_URL",
+            "smtp://mail.bank.example:587?tls=opportunistic",
+        ),
+    ];
+    assert!(
+        load(&downgradable).is_err(),
+        "STARTTLS that may be stripped is not TLS"
+    );
+    let mut allowed = remote.to_vec();
+    allowed.push(("NOTIFY__EMAIL__ALLOW_INSECURE", "true"));
+    assert!(load(&allowed).is_ok());
+    for secure in [
+        "smtps://mail.bank.example",
+        "smtp://mail.bank.example:587?tls=required",
+        "smtp://127.0.0.1:2525",
+    ] {
+        let env = [
+            ("NOTIFY__CHANNELS", "email"),
+            ("NOTIFY__EMAIL__SMTP_URL", secure),
+        ];
+        assert!(load(&env).is_ok(), "{secure}");
+    }
+    let missing_ca = [
+        ("NOTIFY__CHANNELS", "email"),
+        ("NOTIFY__EMAIL__SMTP_URL", "smtps://mail.bank.example"),
+        ("NOTIFY__EMAIL__TLS_CA_FILE", "/nonexistent/ca.pem"),
+    ];
+    let error = load(&missing_ca).unwrap_err().to_string();
+    assert!(
+        error.contains("notify.email.tls_ca_file") && error.contains("/nonexistent/ca.pem"),
+        "{error}"
+    );
 }

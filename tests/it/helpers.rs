@@ -287,6 +287,7 @@ impl TestApp {
             rules: self.rules.clone(),
             delivery: self.delivery.clone(),
             currency: Currency::usd(),
+            digests: Vec::new(),
         }
     }
 

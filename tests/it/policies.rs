@@ -18,6 +18,7 @@ on_both_backends!(
     quiet_hours_defer_and_the_first_sweep_after_them_sends_with_the_balance_then,
     a_bad_time_zone_or_window_fails_that_account_only_and_a_fix_retries_it,
     switching_an_accounts_policy_applies_at_the_next_sweep_with_its_history,
+    accounts_choose_their_channels_opt_out_and_unknown_names_are_ignored,
 );
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -244,4 +245,79 @@ async fn switching_an_accounts_policy_applies_at_the_next_sweep_with_its_history
     assert_eq!(app.sweep().await.sent, 0, "repeat: within the cooldown");
     app.clock.advance(24 * HOUR);
     assert_eq!(app.sweep().await.sent, 1, "repeat: a reminder");
+}
+
+async fn accounts_choose_their_channels_opt_out_and_unknown_names_are_ignored(backend: Backend) {
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let url = format!("{}/hook", server.uri());
+    let ctx = crate::channels::context(
+        &app,
+        &[
+            ("NOTIFY__CHANNELS", "console,webhook"),
+            ("NOTIFY__WEBHOOK__URL", &url),
+        ],
+    );
+    let all = app
+        .insert_account(NewAccount::new("all@example.com", 100))
+        .await;
+    let webhook_only = app
+        .insert_account(NewAccount::new("hook@example.com", 100))
+        .await;
+    set(
+        &app,
+        &webhook_only,
+        "alert_channels",
+        " webhook , pager".into(),
+    )
+    .await;
+    let opted_out = app
+        .insert_account(NewAccount::new("out@example.com", 100))
+        .await;
+    set(&app, &opted_out, "alert_channels", "".into()).await;
+
+    let s = balance_alertd::application::sweep::BulkBalanceAlert::new(ctx.clone())
+        .execute()
+        .await
+        .expect("sweep");
+    assert_eq!((s.sent, s.eligible, s.in_cooldown), (3, 2, 1), "{s}");
+    let channels = |rows: Vec<balance_alertd::infrastructure::db::entities::alert_logs::Model>| {
+        let mut c: Vec<String> = rows.into_iter().map(|r| r.channel).collect();
+        c.sort();
+        c
+    };
+    assert_eq!(channels(app.alert_rows(&all).await), ["console", "webhook"]);
+    assert_eq!(channels(app.alert_rows(&webhook_only).await), ["webhook"]);
+    assert!(
+        app.alert_rows(&opted_out).await.is_empty(),
+        "opted out: nothing"
+    );
+    assert_eq!(app.console.count_for("out@example.com"), 0);
+    assert_eq!(app.console.count_for("hook@example.com"), 0);
+    let bodies: Vec<String> = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert_eq!(bodies.len(), 2);
+    assert!(!bodies.iter().any(|b| b.contains("out@example.com")));
+
+    // Opting back in (null = every configured channel) takes effect at the next sweep.
+    set(&app, &opted_out, "alert_channels", Value::String(None)).await;
+    app.clock.advance(MINUTE);
+    let s = balance_alertd::application::sweep::BulkBalanceAlert::new(ctx)
+        .execute()
+        .await
+        .expect("sweep");
+    assert_eq!(s.sent, 2, "{s}");
 }

@@ -132,6 +132,7 @@ impl ClaimTxn<'_> {
             expired: plan.expire,
             tally: plan.tally,
             decisions: plan.decisions,
+            unconfigured: plan.unconfigured,
         })
     }
 }
@@ -171,6 +172,7 @@ pub(super) async fn preview(
         expired: plan.expire,
         tally: plan.tally,
         decisions: Vec::new(),
+        unconfigured: plan.unconfigured,
     })
 }
 

@@ -6,6 +6,7 @@ use lettre::message::Mailbox;
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 
@@ -39,9 +40,59 @@ impl EmailChannel {
             .as_ref()
             .ok_or_else(|| fail("notify.email.smtp_url is required".into()))?;
         // lettre's error would quote the URL, which may hold a password: keep only its kind.
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose_secret()).map_err(|_| {
+        let invalid_url = || {
             fail("notify.email.smtp_url is not a valid SMTP URL (smtp://host:port, smtps://host:port, ?tls=required for STARTTLS)".into())
-        })?;
+        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose_secret())
+            .map_err(|_| invalid_url())?;
+        let parsed = url::Url::parse(url.expose_secret()).map_err(|_| invalid_url())?;
+        let mode = TlsMode::of(&parsed);
+        let host = parsed.host_str().unwrap_or_default().to_owned();
+        // `smtp:` is not a special scheme to the URL parser: an IP address stays a domain.
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if mode.is_insecure() && !loopback && !settings.allow_insecure {
+            return Err(fail(format!(
+                "notify.email.smtp_url: plain SMTP to {host} would carry alerts and customer \
+                 addresses in clear text; use smtps:// or smtp://...?tls=required (STARTTLS), \
+                 or set notify.email.allow_insecure = true for a relay you trust"
+            )));
+        }
+        if let Some(path) = &settings.tls_ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                fail(format!(
+                    "notify.email.tls_ca_file: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let certificate = Certificate::from_pem(&pem).map_err(|e| {
+                fail(format!(
+                    "notify.email.tls_ca_file: {} is not a PEM certificate: {e}",
+                    path.display()
+                ))
+            })?;
+            let parameters = TlsParameters::builder(host.clone())
+                .add_root_certificate(certificate)
+                .build()
+                .map_err(|e| fail(format!("notify.email.tls_ca_file: {e}")))?;
+            builder = match mode {
+                TlsMode::Implicit => builder.tls(Tls::Wrapper(parameters)),
+                TlsMode::StartTls => builder.tls(Tls::Required(parameters)),
+                TlsMode::Opportunistic => builder.tls(Tls::Opportunistic(parameters)),
+                // No TLS at all: a CA file has nothing to verify.
+                TlsMode::Plain => {
+                    return Err(fail(
+                        "notify.email.tls_ca_file is set but notify.email.smtp_url uses no TLS \
+                         (use smtps:// or ?tls=required)"
+                            .into(),
+                    ));
+                }
+            };
+        }
         if let Some(username) = &settings.username {
             let password = settings
                 .password
@@ -93,6 +144,35 @@ impl EmailChannel {
             .header(ContentType::TEXT_PLAIN)
             .body(self.templates.render(BODY, m)?)
             .map_err(|e| DeliveryError::permanent(format!("cannot build the e-mail: {e}")))
+    }
+}
+
+/// How the SMTP URL asks for TLS (lettre's URL forms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TlsMode {
+    /// `smtps://`: TLS from the first byte.
+    Implicit,
+    /// `smtp://...?tls=required`: STARTTLS or no delivery.
+    StartTls,
+    /// `smtp://...?tls=opportunistic`: STARTTLS if offered; an attacker can strip the offer.
+    Opportunistic,
+    /// `smtp://`: clear text.
+    Plain,
+}
+
+impl TlsMode {
+    fn of(url: &url::Url) -> Self {
+        let tls = url.query_pairs().find(|(k, _)| k == "tls").map(|(_, v)| v);
+        match (url.scheme(), tls.as_deref()) {
+            ("smtps", _) => Self::Implicit,
+            (_, Some("required")) => Self::StartTls,
+            (_, Some("opportunistic")) => Self::Opportunistic,
+            _ => Self::Plain,
+        }
+    }
+
+    fn is_insecure(self) -> bool {
+        matches!(self, Self::Plain | Self::Opportunistic)
     }
 }
 

@@ -16,6 +16,9 @@ pub fn client(timeout: Duration, max_idle: usize) -> Result<Client, reqwest::Err
         .timeout(timeout)
         .connect_timeout(timeout)
         .pool_max_idle_per_host(max_idle)
+        // A 3xx is a failure, not a hop: a redirect could carry the signed alert (a
+        // customer's e-mail and balance) to a host nobody configured.
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("balance-alertd/", env!("CARGO_PKG_VERSION")))
         .build()
 }

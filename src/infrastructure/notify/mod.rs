@@ -13,11 +13,11 @@ use std::sync::{Arc, Mutex};
 
 pub use console::ConsoleChannel;
 pub use email::EmailChannel;
-pub use slack::SlackChannel;
+pub use slack::{SlackChannel, SlackDigest};
 pub use webhook::{WebhookChannel, signature};
 
-use crate::config::{ChannelKind, LoadedConfig};
-use crate::domain::ports::Channel;
+use crate::config::{ChannelKind, LoadedConfig, SlackMode};
+use crate::domain::ports::{Channel, DigestSink};
 
 /// Where the console channel writes; stdout in production, a buffer in tests.
 pub type ConsoleOut = Arc<Mutex<dyn Write + Send>>;
@@ -35,11 +35,14 @@ pub fn build_channels(
     config: &LoadedConfig,
     console_out: ConsoleOut,
 ) -> Result<Vec<Arc<dyn Channel>>, ChannelBuildError> {
+    let digest = config.settings.notify.slack.mode == SlackMode::Digest;
     config
         .settings
         .notify
         .channels
         .iter()
+        // Slack in digest mode is told once per sweep ([`build_digests`]), not per account.
+        .filter(|kind| !(digest && **kind == ChannelKind::Slack))
         .map(|kind| -> Result<Arc<dyn Channel>, ChannelBuildError> {
             match kind {
                 ChannelKind::Console => Ok(Arc::new(ConsoleChannel::new(
@@ -52,4 +55,14 @@ pub fn build_channels(
             }
         })
         .collect()
+}
+
+/// The operations channels told once per sweep: Slack when `notify.slack.mode = "digest"`.
+pub fn build_digests(config: &LoadedConfig) -> Result<Vec<Arc<dyn DigestSink>>, ChannelBuildError> {
+    let notify = &config.settings.notify;
+    if notify.slack.mode == SlackMode::Digest && notify.channels.contains(&ChannelKind::Slack) {
+        Ok(vec![Arc::new(slack::SlackDigest::build(config)?)])
+    } else {
+        Ok(Vec::new())
+    }
 }

@@ -8,8 +8,8 @@ use super::template::Templates;
 use super::{ChannelBuildError, http};
 use crate::config::redact::mask_url;
 use crate::config::{ChannelKind, LoadedConfig};
-use crate::domain::ports::Channel;
-use crate::domain::{AlertMessage, ChannelName, DeliveryError};
+use crate::domain::ports::{Channel, DigestSink, SweepDigest};
+use crate::domain::{AlertMessage, ChannelName, Currency, DeliveryError};
 
 const TEXT: &str = "notify.slack.text";
 
@@ -82,6 +82,73 @@ impl Channel for SlackChannel {
         let body = serde_json::to_vec(&serde_json::json!({ "text": text })).map_err(|e| {
             DeliveryError::permanent(format!("cannot encode the Slack message: {e}"))
         })?;
+        http::post(&self.client, &self.url, HeaderMap::new(), body).await
+    }
+}
+
+/// Alerts named in a digest message.
+const DIGEST_FIRST: usize = 5;
+
+/// Slack in digest mode: one message per sweep (counts and the first few alerts).
+pub struct SlackDigest {
+    client: reqwest::Client,
+    /// Secret: the path is the credential.
+    url: reqwest::Url,
+    currency: Currency,
+}
+
+impl SlackDigest {
+    pub fn build(config: &LoadedConfig) -> Result<Self, ChannelBuildError> {
+        // The same URL checks and client as the per-alert channel.
+        let channel = SlackChannel::build(config)?;
+        Ok(Self {
+            client: channel.client,
+            url: channel.url,
+            currency: config.currency.clone(),
+        })
+    }
+
+    /// The message: plain words, bank data escaped.
+    pub fn text(&self, d: &SweepDigest) -> String {
+        let mut text = format!(
+            "Balance alert sweep: {} deliveries attempted for {} of {} accounts below their \
+             threshold: {} sent, {} failed, {} deferred (quiet hours).",
+            d.sent + d.failed,
+            d.eligible,
+            d.below_threshold,
+            d.sent,
+            d.failed,
+            d.deferred
+        );
+        for claim in d.first.iter().take(DIGEST_FIRST) {
+            text.push_str(&format!(
+                "\n• {} ({}) on {}: {} < {}",
+                escape(claim.account.display_name()),
+                escape(&claim.account.owner_email),
+                claim.channel,
+                self.currency.format(claim.account.balance),
+                self.currency.format(claim.threshold)
+            ));
+        }
+        let more = (d.sent + d.failed).saturating_sub(d.first.len().min(DIGEST_FIRST) as u64);
+        if more > 0 {
+            text.push_str(&format!("\n… and {more} more."));
+        }
+        text
+    }
+}
+
+#[async_trait]
+impl DigestSink for SlackDigest {
+    fn name(&self) -> &str {
+        "slack"
+    }
+
+    async fn post(&self, digest: &SweepDigest) -> Result<(), DeliveryError> {
+        let body =
+            serde_json::to_vec(&serde_json::json!({ "text": self.text(digest) })).map_err(|e| {
+                DeliveryError::permanent(format!("cannot encode the Slack message: {e}"))
+            })?;
         http::post(&self.client, &self.url, HeaderMap::new(), body).await
     }
 }
