@@ -197,6 +197,23 @@ async fn check(config: &LoadedConfig, account_id: &AccountId) -> Result<ExitCode
             for (channel, result) in channels {
                 say(&format!("{channel}: {}", explain(result, basis)));
             }
+            // Configured channels the account's own list leaves out.
+            if let Some(list) = account
+                .as_ref()
+                .and_then(|a| a.settings.alert_channels.as_deref())
+            {
+                let notify = &config.settings.notify;
+                let digest = notify.slack.mode == crate::config::SlackMode::Digest;
+                for kind in &notify.channels {
+                    let per_alert = !(digest && *kind == crate::config::ChannelKind::Slack);
+                    if per_alert && !channels.iter().any(|(c, _)| c.as_str() == kind.as_str()) {
+                        say(&format!(
+                            "{}: not among the account's channels ({list:?}, accounts.alert_channels); not sent",
+                            kind.as_str()
+                        ));
+                    }
+                }
+            }
         }
     }
     if let Some(failure) = audit.failure() {
