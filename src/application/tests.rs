@@ -452,3 +452,45 @@ async fn a_slow_receiver_keeps_its_claims_and_a_concurrent_sweep_sends_nothing_t
         );
     }
 }
+
+#[tokio::test]
+async fn once_alerts_each_dip_once_and_rearms_when_a_sweep_sees_the_recovery() {
+    let mut h = Harness::new();
+    h.ctx.rules.policy.policy = crate::domain::Policy::Once;
+    h.ctx.rules.rearm_margin = Money::from_minor(500);
+    let id = h.account(1, 4_000);
+    assert_eq!(h.sweep().await.sent, 1, "the dip");
+    h.clock.advance(48 * HOUR);
+    assert_eq!(h.sweep().await.sent, 0, "no reminder while it stays low");
+    h.store
+        .update_account(&id, |a| a.balance = Money::from_minor(5_400)); // under the margin
+    h.sweep().await;
+    h.store
+        .update_account(&id, |a| a.balance = Money::from_minor(4_000));
+    assert_eq!(
+        h.sweep().await.sent,
+        0,
+        "not re-armed below threshold + margin"
+    );
+    h.store
+        .update_account(&id, |a| a.balance = Money::from_minor(5_500));
+    h.sweep().await;
+    h.store
+        .update_account(&id, |a| a.balance = Money::from_minor(100));
+    assert_eq!(h.sweep().await.sent, 1, "re-armed: the second dip at once");
+    assert_eq!(h.channel.attempts_for("owner1@example.com"), 2);
+}
+
+#[tokio::test]
+async fn quiet_hours_defer_without_claiming_and_send_after_the_window() {
+    let mut h = Harness::new();
+    // The fake clock reads 12:00 UTC: inside a window of 11:00-13:00 local (UTC).
+    h.ctx.rules.policy.quiet_hours = crate::domain::QuietHours::parse("11:00-13:00").unwrap();
+    let id = h.account(1, 100);
+    let quiet = h.sweep().await;
+    assert_eq!((quiet.sent, quiet.deferred, quiet.in_cooldown), (0, 1, 0));
+    assert!(h.status_of(&id).is_empty(), "deferred: nothing claimed");
+    h.clock.advance(HOUR);
+    let after = h.sweep().await;
+    assert_eq!((after.sent, after.deferred), (1, 0));
+}
