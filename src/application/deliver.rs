@@ -23,7 +23,7 @@ use tracing::{debug, error, warn};
 use super::{AlertContext, DeliveryPolicy};
 use crate::domain::ports::{AuditEntry, AuditEvent, Channel, StoreError};
 use crate::domain::{
-    AlertMessage, AlertStatus, Claim, DeliveryError, EmailAddress, Lease, Outcome,
+    AlertMessage, AlertStatus, Claim, DeliveryError, EmailAddress, Lease, Outcome, PhoneNumber,
 };
 
 /// What the deliveries of a run came to, in deliveries (account x channel).
@@ -235,50 +235,43 @@ async fn deliver_one(
     if !may_attempt() {
         return None;
     }
-    let (attempts, result, recipient) =
-        match (channel, EmailAddress::parse(&claim.account.owner_email)) {
-            // A setting of the account's row cannot be honoured: fail it, send nothing.
-            (Some(_), _) if claim.rejected.is_some() => (
-                0,
-                Err(DeliveryError::permanent(format!(
-                    "account {}: {}",
-                    claim.account.id,
-                    claim.rejected.as_deref().unwrap_or_default()
-                ))),
-                claim.account.owner_email.clone(),
-            ),
-            // Only possible if the store returned a claim for a channel we did not ask for.
-            (None, _) => (
-                0,
-                Err(DeliveryError::permanent(format!(
-                    "channel {} is not configured",
-                    claim.channel
-                ))),
-                claim.account.owner_email.clone(),
-            ),
-            (Some(_), Err(invalid)) => (
-                1,
-                Err(DeliveryError::permanent(format!(
-                    "account {}: owner_email: {invalid}",
-                    claim.account.id
-                ))),
-                invalid.address,
-            ),
-            (Some(channel), Ok(address)) => {
-                let message = AlertMessage {
-                    alert_id: claim.alert_id.clone(),
-                    account_id: claim.account.id.clone(),
-                    recipient: address,
-                    owner_name: claim.account.owner_name.clone(),
-                    balance: claim.account.balance,
-                    threshold: claim.threshold,
-                    created_at: claim.created_at,
-                };
-                let (attempts, result) =
-                    send_with_retry(channel.as_ref(), &message, &ctx.delivery, may_attempt).await;
-                (attempts, result, channel.recipient(&message))
-            }
-        };
+    let (attempts, result, recipient) = match (channel, contact_for(&claim)) {
+        // A setting of the account's row cannot be honoured: fail it, send nothing.
+        (Some(_), _) if claim.rejected.is_some() => (
+            0,
+            Err(DeliveryError::permanent(format!(
+                "account {}: {}",
+                claim.account.id,
+                claim.rejected.as_deref().unwrap_or_default()
+            ))),
+            claim.account.owner_email.clone(),
+        ),
+        // Only possible if the store returned a claim for a channel we did not ask for.
+        (None, _) => (
+            0,
+            Err(DeliveryError::permanent(format!(
+                "channel {} is not configured",
+                claim.channel
+            ))),
+            claim.account.owner_email.clone(),
+        ),
+        (Some(_), Err((invalid, shown))) => (1, Err(invalid), shown),
+        (Some(channel), Ok((recipient, phone))) => {
+            let message = AlertMessage {
+                alert_id: claim.alert_id.clone(),
+                account_id: claim.account.id.clone(),
+                recipient,
+                phone,
+                owner_name: claim.account.owner_name.clone(),
+                balance: claim.account.balance,
+                threshold: claim.threshold,
+                created_at: claim.created_at,
+            };
+            let (attempts, result) =
+                send_with_retry(channel.as_ref(), &message, &ctx.delivery, may_attempt).await;
+            (attempts, result, channel.recipient(&message))
+        }
+    };
     let at = ctx.clock.now();
     let (status, error) = match result {
         Ok(()) => (AlertStatus::Sent, None),
@@ -305,6 +298,34 @@ async fn deliver_one(
     }
     let audit = audit_entry(ctx, &claim, &outcome, recipient, error.as_ref());
     Some((outcome, audit))
+}
+
+/// The contact the claim's channel addresses, validated: the e-mail for every channel but
+/// `sms`, which addresses the phone (and carries the e-mail only when it is valid). An
+/// invalid one is a permanent failure naming the column, with the value as the recipient.
+#[allow(clippy::type_complexity)]
+fn contact_for(
+    claim: &Claim,
+) -> Result<(Option<EmailAddress>, Option<PhoneNumber>), (DeliveryError, String)> {
+    let account = &claim.account;
+    let email = EmailAddress::parse(&account.owner_email);
+    if !claim.channel.addresses_phone() {
+        return match email {
+            Ok(address) => Ok((Some(address), None)),
+            Err(invalid) => Err((
+                DeliveryError::permanent(format!("account {}: owner_email: {invalid}", account.id)),
+                invalid.address,
+            )),
+        };
+    }
+    let raw = account.owner_phone.as_deref().unwrap_or_default();
+    match PhoneNumber::parse(raw.trim()) {
+        Ok(phone) => Ok((email.ok(), Some(phone))),
+        Err(reason) => Err((
+            DeliveryError::permanent(format!("account {}: owner_phone: {reason}", account.id)),
+            raw.chars().take(40).collect(),
+        )),
+    }
 }
 
 /// Sends with the per-attempt timeout, retrying transient failures while `may_attempt`

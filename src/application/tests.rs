@@ -57,7 +57,7 @@ impl Recording {
     fn attempts_for(&self, email: &str) -> usize {
         let sent = self.sent.lock().unwrap();
         sent.iter()
-            .filter(|m| m.recipient.as_str() == email)
+            .filter(|m| m.recipient.as_ref().is_some_and(|r| r.as_str() == email))
             .count()
     }
 }
@@ -84,7 +84,7 @@ impl Channel for RecordingChannel {
             .answers
             .lock()
             .unwrap()
-            .get(message.recipient.as_str())
+            .get(message.recipient.as_ref().map_or("", |r| r.as_str()))
         {
             Some(error) => Err(error.clone()),
             None => Ok(()),

@@ -10,6 +10,7 @@ const SECRET_KEYS: &[(&str, &str)] = &[
     ("notify.slack", "webhook_url"),
     ("notify.webhook", "url"),
     ("notify.webhook", "secret"),
+    ("notify.sms", "auth_token"),
 ];
 
 /// A warning for `path` when it is readable by "other" and defines a secret (a URL counts

@@ -246,6 +246,11 @@ fn validate_notify(settings: &Settings) -> Result<(), ConfigError> {
                 notify.slack.webhook_url.is_none(),
             ),
             ChannelKind::Webhook => ("notify.webhook.url", notify.webhook.url.is_none()),
+            ChannelKind::Sms => match () {
+                () if notify.sms.account_sid.is_none() => ("notify.sms.account_sid", true),
+                () if notify.sms.auth_token.is_none() => ("notify.sms.auth_token", true),
+                () => ("notify.sms.from", notify.sms.from.is_none()),
+            },
         };
         if missing {
             return Err(invalid(

@@ -84,6 +84,7 @@ pub enum ChannelKind {
     Email,
     Slack,
     Webhook,
+    Sms,
 }
 
 impl ChannelKind {
@@ -93,6 +94,7 @@ impl ChannelKind {
             Self::Email => "email",
             Self::Slack => "slack",
             Self::Webhook => "webhook",
+            Self::Sms => "sms",
         }
     }
 }
@@ -106,6 +108,24 @@ pub struct NotifySettings {
     pub email: EmailSettings,
     pub slack: SlackSettings,
     pub webhook: WebhookSettings,
+    pub sms: SmsSettings,
+}
+
+/// A Twilio-compatible SMS API (SPEC §6).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsSettings {
+    /// The API's base URL (Twilio's by default; a compatible gateway's otherwise).
+    pub api_url: String,
+    #[serde(default)]
+    pub account_sid: Option<String>,
+    #[serde(default, serialize_with = "redact::optional_secret")]
+    pub auth_token: Option<SecretString>,
+    /// The sending number or sender id.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Template (minijinja).
+    pub text: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

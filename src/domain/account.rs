@@ -76,10 +76,31 @@ impl Account {
     /// retries the parked alert. Equal to `owner_email` otherwise: the candidate query
     /// compares the stored contact with that column.
     pub fn contact(&self, bad: Option<&super::policy::BadSetting>) -> String {
+        self.contact_on(&super::alert::ChannelName::new("email"), bad)
+    }
+
+    /// [`Self::contact`] for one channel: `sms` addresses the phone, the others the e-mail.
+    pub fn contact_on(
+        &self,
+        channel: &super::alert::ChannelName,
+        bad: Option<&super::policy::BadSetting>,
+    ) -> String {
+        let base = if channel.addresses_phone() {
+            self.owner_phone.as_deref().unwrap_or_default()
+        } else {
+            &self.owner_email
+        };
         match bad {
-            None => self.owner_email.clone(),
-            Some(bad) => format!("{}\n{}={}", self.owner_email, bad.column, bad.value),
+            None => base.to_owned(),
+            Some(bad) => format!("{base}\n{}={}", bad.column, bad.value),
         }
+    }
+
+    /// Whether the account has a phone on file (`sms` skips accounts without one).
+    pub fn has_phone(&self) -> bool {
+        self.owner_phone
+            .as_deref()
+            .is_some_and(|p| !p.trim().is_empty())
     }
 
     /// `once` re-arms at the effective threshold plus `margin` or above (a threshold so

@@ -9,7 +9,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 
 use super::account::{Account, AccountId};
-use super::email::EmailAddress;
+use super::email::{EmailAddress, PhoneNumber};
 use super::money::Money;
 use super::policy::{AccountPolicy, Policy, PolicyDefaults, QuietHours, start_of_day};
 
@@ -48,6 +48,13 @@ pub struct ChannelName(String);
 impl ChannelName {
     pub fn new(name: impl Into<String>) -> Self {
         Self(name.into())
+    }
+
+    /// `sms` addresses the owner's phone; every other channel the owner's e-mail (console and
+    /// e-mail send to it, Slack and webhook carry it). An account without a phone is not
+    /// alerted on `sms` at all (skipped, not failed).
+    pub fn addresses_phone(&self) -> bool {
+        self.0 == "sms"
     }
 
     pub fn as_str(&self) -> &str {
@@ -361,7 +368,11 @@ pub struct Claim {
 pub struct AlertMessage {
     pub alert_id: AlertId,
     pub account_id: AccountId,
-    pub recipient: EmailAddress,
+    /// The owner's e-mail, validated; `None` only for a channel that does not address it
+    /// (`sms`) when the stored address is not valid.
+    pub recipient: Option<EmailAddress>,
+    /// The owner's phone, E.164 (`sms` only).
+    pub phone: Option<PhoneNumber>,
     /// The owner's name as stored (may be missing).
     pub owner_name: Option<String>,
     pub balance: Money,
@@ -370,6 +381,13 @@ pub struct AlertMessage {
 }
 
 impl AlertMessage {
+    /// The e-mail address, for channels that address or carry it.
+    pub fn email(&self) -> Result<&EmailAddress, DeliveryError> {
+        self.recipient
+            .as_ref()
+            .ok_or_else(|| DeliveryError::permanent("no valid owner_email for this channel"))
+    }
+
     /// The name to greet the owner with: "Customer" when the bank has none on file.
     pub fn display_name(&self) -> &str {
         super::account::display_name(self.owner_name.as_deref())

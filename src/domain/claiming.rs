@@ -73,8 +73,10 @@ pub fn channels_for<'c>(
     channels: &'c [ChannelName],
     unconfigured: &mut BTreeSet<String>,
 ) -> Vec<&'c ChannelName> {
+    // A channel that needs a contact the account lacks (`sms` without a phone) is skipped.
+    let reachable = |c: &&ChannelName| !c.addresses_phone() || account.has_phone();
     let Some(list) = account.settings.alert_channels.as_deref() else {
-        return channels.iter().collect();
+        return channels.iter().filter(reachable).collect();
     };
     let named: Vec<&str> = list
         .split(',')
@@ -89,6 +91,7 @@ pub fn channels_for<'c>(
     channels
         .iter()
         .filter(|c| named.contains(&c.as_str()))
+        .filter(reachable)
         .collect()
 }
 
@@ -111,7 +114,6 @@ pub fn plan_claims(
         }
         let threshold = account.effective_threshold(rules.default_threshold);
         let (policy, bad) = rules.policy.for_account(account);
-        let contact = account.contact(bad.as_ref());
         // A bad quiet-hours value cannot tell when to send: such an account is rejected.
         let quiet = bad
             .is_none()
@@ -119,6 +121,7 @@ pub fn plan_claims(
             .flatten();
         let (mut claimed, mut deferred) = (false, false);
         for channel in channels_for(account, channels, &mut plan.unconfigured) {
+            let contact = account.contact_on(channel, bad.as_ref());
             let claim = |alert_id: AlertId, prior_attempts, created_at| Claim {
                 alert_id,
                 channel: channel.clone(),

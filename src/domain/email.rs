@@ -18,6 +18,41 @@ pub struct InvalidEmail {
     pub reason: String,
 }
 
+/// A phone number in E.164 form: `+`, a country code not starting with 0, at most 15 digits
+/// in all (`+14155550100`), as SMS gateways take it. Stored numbers are not reformatted:
+/// the bank writes them in this form (SPEC §3).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PhoneNumber(String);
+
+impl PhoneNumber {
+    pub fn parse(input: &str) -> Result<Self, String> {
+        let shown: String = input.chars().take(40).collect();
+        let digits = input
+            .strip_prefix('+')
+            .ok_or_else(|| format!("{shown:?} is not an E.164 number (it must start with +)"))?;
+        let valid = (2..=15).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && !digits.starts_with('0');
+        if valid {
+            Ok(Self(input.to_owned()))
+        } else {
+            Err(format!(
+                "{shown:?} is not an E.164 number (+, a country code, at most 15 digits)"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PhoneNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 impl EmailAddress {
     /// The longest address SMTP can carry (RFC 5321 path limit minus the angle brackets).
     pub const MAX_LEN: usize = 254;

@@ -16,7 +16,7 @@ pub use alert::{
     Cutoffs, Decision, DeliveryError, FailureKind, Outcome,
 };
 pub use claiming::{ClaimPlan, ClaimTally, plan_claims};
-pub use email::{EmailAddress, InvalidEmail};
+pub use email::{EmailAddress, InvalidEmail, PhoneNumber};
 pub use lease::{Lease, LeaseHolder};
 pub use money::{Currency, CurrencyError, Money, MoneyError};
 pub use policy::{AccountPolicy, BadSetting, Policy, PolicyDefaults, QuietHours};

@@ -139,7 +139,11 @@ pub trait Channel: Send + Sync {
 
     /// Who receives `message` on this channel, as written to the audit log.
     fn recipient(&self, message: &AlertMessage) -> String {
-        message.recipient.to_string()
+        message
+            .recipient
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default()
     }
 
     /// Delivers one alert. MUST classify failures: [`DeliveryError::transient`] for what a

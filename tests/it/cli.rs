@@ -367,6 +367,11 @@ fn bad_configuration_exits_2_naming_the_key() {
         ("[alert]\ncooldown = \"a while\"", "alert.cooldown"),
         ("[alert]\ncooldown = 24", "alert.cooldown"),
         ("[alert]\npolicy = \"weekly\"", "alert.policy"),
+        ("[notify]\nchannels = [\"sms\"]", "notify.sms.account_sid"),
+        (
+            "[notify]\nchannels = [\"sms\"]\n[notify.sms]\naccount_sid = \"AC1\"\nfrom = \"+15005550006\"",
+            "notify.sms.auth_token",
+        ),
         ("[alert]\ntimezone = \"Mars/Olympus\"", "alert.timezone"),
         ("[alert]\ntimezone = \"CEST\"", "alert.timezone"),
         ("[alert]\nquiet_hours = \"22-7\"", "alert.quiet_hours"),
@@ -403,7 +408,7 @@ fn bad_configuration_exits_2_naming_the_key() {
             "notify.webhook.url",
         ),
         (
-            "[notify]\nchannels = [\"email\"]\n[notify.email]\nsmtp_url = \"smtp://h\"\nbody = \"{{ balanse }}\"",
+            "[notify]\nchannels = [\"email\"]\n[notify.email]\nsmtp_url = \"smtps://h\"\nbody = \"{{ balanse }}\"",
             "notify.email.body",
         ),
         (

@@ -19,6 +19,7 @@ on_both_backends!(
     a_bad_time_zone_or_window_fails_that_account_only_and_a_fix_retries_it,
     switching_an_accounts_policy_applies_at_the_next_sweep_with_its_history,
     accounts_choose_their_channels_opt_out_and_unknown_names_are_ignored,
+    sms_reaches_the_phone_with_form_fields_and_basic_auth_and_skips_accounts_without_one,
 );
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -320,4 +321,114 @@ async fn accounts_choose_their_channels_opt_out_and_unknown_names_are_ignored(ba
         .await
         .expect("sweep");
     assert_eq!(s.sent, 2, "{s}");
+}
+
+async fn sms_reaches_the_phone_with_form_fields_and_basic_auth_and_skips_accounts_without_one(
+    backend: Backend,
+) {
+    use wiremock::matchers::{header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let Some(mut app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let server = MockServer::start().await;
+    // AC123:tok-secret, as HTTP basic auth.
+    let auth = "Basic QUMxMjM6dG9rLXNlY3JldA==";
+    Mock::given(method("POST"))
+        .and(path("/2010-04-01/Accounts/AC123/Messages.json"))
+        .and(header("authorization", auth))
+        .and(header("content-type", "application/x-www-form-urlencoded"))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "0"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/2010-04-01/Accounts/AC123/Messages.json"))
+        .and(header("authorization", auth))
+        .respond_with(ResponseTemplate::new(201))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    let ctx = crate::channels::context(
+        &app,
+        &[
+            ("NOTIFY__CHANNELS", "sms"),
+            ("NOTIFY__SMS__API_URL", &server.uri()),
+            ("NOTIFY__SMS__ACCOUNT_SID", "AC123"),
+            ("NOTIFY__SMS__AUTH_TOKEN", "tok-secret"),
+            ("NOTIFY__SMS__FROM", "+15005550006"),
+            ("DELIVERY__RETRY_INITIAL_BACKOFF", "10ms"),
+        ],
+    );
+    let phone = app
+        .insert_account(NewAccount {
+            name: Some("Alice"),
+            ..NewAccount::new("alice@example.com", 4_200)
+        })
+        .await;
+    set(&app, &phone, "owner_phone", "+14155550100".into()).await;
+    // An address no e-mail could reach: the SMS still goes out.
+    let bad_email = app
+        .insert_account(NewAccount::new("not-an-address", 100))
+        .await;
+    set(&app, &bad_email, "owner_phone", "+442071838750".into()).await;
+    let no_phone = app
+        .insert_account(NewAccount::new("nophone@example.com", 100))
+        .await;
+    let bad_phone = app
+        .insert_account(NewAccount::new("badphone@example.com", 100))
+        .await;
+    set(&app, &bad_phone, "owner_phone", "555-0100".into()).await;
+
+    let s = balance_alertd::application::sweep::BulkBalanceAlert::new(ctx.clone())
+        .execute()
+        .await
+        .expect("sweep");
+    assert_eq!((s.sent, s.failed), (2, 1), "{s}");
+    assert!(
+        app.alert_rows(&no_phone).await.is_empty(),
+        "no phone: skipped, not failed"
+    );
+    let bad = &app.alert_rows(&bad_phone).await[0];
+    assert_eq!(bad.status, "failed");
+    assert!(
+        bad.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("owner_phone"),
+        "{:?}",
+        bad.last_error
+    );
+    let requests = server.received_requests().await.unwrap();
+    let forms: Vec<std::collections::HashMap<String, String>> = requests
+        .iter()
+        .map(|r| url::form_urlencoded::parse(&r.body).into_owned().collect())
+        .collect();
+    assert_eq!(forms.len(), 3, "one 429 retried, then two sent");
+    let alice = forms
+        .iter()
+        .find(|f| f["To"] == "+14155550100")
+        .expect("Alice's SMS");
+    assert_eq!(alice["From"], "+15005550006");
+    assert_eq!(
+        alice["Body"],
+        "Alice, your balance ($42.00) is below $50.00."
+    );
+    assert!(forms.iter().any(|f| f["To"] == "+442071838750"));
+    // The bank fixes the number: retried under the same id.
+    set(&app, &bad_phone, "owner_phone", "+14155550199".into()).await;
+    app.clock.advance(MINUTE);
+    let s = balance_alertd::application::sweep::BulkBalanceAlert::new(ctx)
+        .execute()
+        .await
+        .expect("sweep");
+    assert_eq!((s.sent, s.failed), (1, 0), "{s}");
+    assert_eq!(app.alert_rows(&bad_phone).await.len(), 1);
+    let audit = app.finish_audit();
+    assert!(
+        audit
+            .iter()
+            .any(|l| l["recipient"] == "+14155550100" && l["event"] == "alert_sent")
+    );
 }

@@ -22,14 +22,14 @@ impl ConsoleChannel {
     }
 
     /// `📧 Email -> alice@example.com: Hi Alice, your balance ($49.00) is below $50.00`
-    pub fn render(&self, message: &AlertMessage) -> String {
-        format!(
+    pub fn render(&self, message: &AlertMessage) -> Result<String, DeliveryError> {
+        Ok(format!(
             "📧 Email -> {}: Hi {}, your balance ({}) is below {}\n",
-            message.recipient,
+            message.email()?,
             super::template::display_name(message),
             self.currency.format(message.balance),
             self.currency.format(message.threshold),
-        )
+        ))
     }
 }
 
@@ -40,7 +40,7 @@ impl Channel for ConsoleChannel {
     }
 
     async fn send(&self, message: &AlertMessage) -> Result<(), DeliveryError> {
-        let line = self.render(message);
+        let line = self.render(message)?;
         let mut out = self
             .out
             .lock()

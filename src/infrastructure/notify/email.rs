@@ -129,7 +129,7 @@ impl EmailChannel {
 
     fn message(&self, m: &AlertMessage) -> Result<Message, DeliveryError> {
         let address: Address = m
-            .recipient
+            .email()?
             .as_str()
             .parse()
             .map_err(|e| DeliveryError::permanent(format!("invalid recipient address: {e}")))?;

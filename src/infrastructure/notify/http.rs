@@ -30,14 +30,18 @@ pub async fn post(
     headers: HeaderMap,
     body: Vec<u8>,
 ) -> Result<(), DeliveryError> {
-    let response = client
+    let request = client
         .post(url.clone())
         .headers(headers)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body)
-        .send()
-        .await
-        .map_err(request_error)?;
+        .body(body);
+    send(request).await
+}
+
+/// Sends a built request and classifies the outcome (2xx sent; 408, 429, 5xx transient with
+/// `Retry-After`; anything else, redirects included, permanent).
+pub async fn send(request: reqwest::RequestBuilder) -> Result<(), DeliveryError> {
+    let response = request.send().await.map_err(request_error)?;
     let status = response.status();
     if status.is_success() {
         return Ok(());

@@ -5,6 +5,7 @@ mod console;
 mod email;
 mod http;
 mod slack;
+mod sms;
 mod template;
 mod webhook;
 
@@ -14,6 +15,7 @@ use std::sync::{Arc, Mutex};
 pub use console::ConsoleChannel;
 pub use email::EmailChannel;
 pub use slack::{SlackChannel, SlackDigest};
+pub use sms::SmsChannel;
 pub use webhook::{WebhookChannel, signature};
 
 use crate::config::{ChannelKind, LoadedConfig, SlackMode};
@@ -52,6 +54,7 @@ pub fn build_channels(
                 ChannelKind::Email => Ok(Arc::new(EmailChannel::build(config)?)),
                 ChannelKind::Slack => Ok(Arc::new(SlackChannel::build(config)?)),
                 ChannelKind::Webhook => Ok(Arc::new(WebhookChannel::build(config)?)),
+                ChannelKind::Sms => Ok(Arc::new(SmsChannel::build(config)?)),
             }
         })
         .collect()

@@ -93,7 +93,7 @@ impl Templates {
     fn context(&self, m: &AlertMessage) -> minijinja::Value {
         let escape = self.escape;
         let name = escape(&display_name(m));
-        let email = escape(m.recipient.as_str());
+        let email = escape(m.recipient.as_ref().map_or("", |e| e.as_str()));
         context! {
             name => name.clone(),
             email => email.clone(),
@@ -142,7 +142,8 @@ fn sample_message() -> AlertMessage {
         alert_id: AlertId::from_stored("00000000-0000-7000-8000-000000000000"),
         account_id: AccountId::new("00000000-0000-4000-8000-000000000000"),
         // A constant, valid address: parsing cannot fail.
-        recipient: EmailAddress::parse("owner@example.com").unwrap_or_else(|_| unreachable!()),
+        recipient: EmailAddress::parse("owner@example.com").ok(),
+        phone: None,
         owner_name: Some("Owner".into()),
         balance: Money::from_minor(4_900),
         threshold: Money::from_minor(5_000),

@@ -138,7 +138,7 @@ impl WebhookChannel {
             kind: "balance.low",
             alert_id: m.alert_id.as_str(),
             account_id: m.account_id.as_str(),
-            owner_email: m.recipient.as_str(),
+            owner_email: m.email()?.as_str(),
             owner_name: m.owner_name.as_deref(),
             balance: self.currency.decimal(m.balance),
             threshold: self.currency.decimal(m.threshold),
