@@ -2,7 +2,9 @@
 //! loopback, answers every request `200 OK`, and prints how many it received when stdin
 //! closes. It exists so the benchmark measures the daemon, not the receiver.
 //!
-//! usage: cargo run --release --example bench_receiver -- PORT
+//! usage: cargo run --release --example bench_receiver -- PORT [DELAY_MS]
+//!
+//! With DELAY_MS, each answer waits that long first: a slow receiver (scripts/bench-latency.sh).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,6 +24,12 @@ async fn main() -> std::io::Result<()> {
         .nth(1)
         .and_then(|p| p.parse().ok())
         .unwrap_or(18080);
+    let delay = std::time::Duration::from_millis(
+        std::env::args()
+            .nth(2)
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0),
+    );
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     let received = Arc::new(AtomicU64::new(0));
     let counter = received.clone();
@@ -37,6 +45,9 @@ async fn main() -> std::io::Result<()> {
                     async move {
                         // Read the whole body, as a real receiver would.
                         let _ = request.into_body().collect().await;
+                        if !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
+                        }
                         counter.fetch_add(1, Ordering::Relaxed);
                         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
                     }

@@ -9,6 +9,7 @@ CODE, the first FAIL_FIRST messages are refused at DATA with that SMTP reply cod
 transient, 550 permanent). With USER and PASSWORD, AUTH (PLAIN or LOGIN) with exactly those
 credentials is required before MAIL (allowed without TLS: this is loopback). Prints "ready" once it accepts connections; runs until killed.
 
+SMTP_DELAY_MS (environment) delays every DATA answer: a slow relay (scripts/bench-latency.sh).
 TLS (environment): SMTP_TLS=starttls (STARTTLS required before MAIL) or implicit (TLS from
 the first byte, as smtps://), with the certificate chain and key in SMTP_CERT and SMTP_KEY.
 """
@@ -30,6 +31,9 @@ class Recorder:
         self.code = code
 
     async def handle_DATA(self, server, session, envelope):
+        delay_ms = int(os.environ.get("SMTP_DELAY_MS", "0"))
+        if delay_ms:
+            await asyncio.sleep(delay_ms / 1000)
         if self.fail_left > 0:
             self.fail_left -= 1
             return f"{self.code} refused by the test server"
