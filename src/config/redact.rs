@@ -61,6 +61,12 @@ pub fn optional_secret<S: Serializer>(
 
 pub fn secrets<S: Serializer>(value: &super::Secrets, serializer: S) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeSeq;
+    // As written: none, one string, or a list of them.
+    match value.0.len() {
+        0 => return serializer.serialize_none(),
+        1 => return serializer.serialize_str(REDACTED),
+        _ => {}
+    }
     let mut seq = serializer.serialize_seq(Some(value.0.len()))?;
     for _ in &value.0 {
         seq.serialize_element(REDACTED)?;
