@@ -722,27 +722,34 @@ async fn a_webhook_redirect_is_a_failure_and_is_not_followed() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slack_digest_posts_one_message_for_a_sweep_of_500_alerts() {
-    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+/// A Slack receiver answering `status`, and a context with console per alert and Slack as a
+/// digest.
+async fn slack_digest(app: &TestApp, status: u16) -> (MockServer, AlertContext) {
     let slack = MockServer::start().await;
     Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
+        .respond_with(ResponseTemplate::new(status))
         .mount(&slack)
         .await;
-    for i in 0..500 {
-        app.insert_account(NewAccount::new(&format!("c{i}@example.com"), 100 + i))
-            .await;
-    }
     let url = format!("{}/services/T0/B0/XYZ", slack.uri());
     let ctx = context(
-        &app,
+        app,
         &[
             ("NOTIFY__CHANNELS", "console,slack"),
             ("NOTIFY__SLACK__WEBHOOK_URL", &url),
             ("NOTIFY__SLACK__MODE", "digest"),
         ],
     );
+    (slack, ctx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_digest_posts_one_message_for_a_sweep_of_500_alerts() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let (slack, ctx) = slack_digest(&app, 200).await;
+    for i in 0..500 {
+        app.insert_account(NewAccount::new(&format!("c{i}@example.com"), 100 + i))
+            .await;
+    }
     let summary = sweep(&ctx).await;
     assert_eq!((summary.sent, summary.failed), (500, 0), "{summary}");
     let requests = slack.received_requests().await.unwrap();
@@ -775,22 +782,9 @@ async fn slack_digest_posts_one_message_for_a_sweep_of_500_alerts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_slack_digest_never_affects_the_customer_channels() {
     let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
-    let slack = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(500))
-        .mount(&slack)
-        .await;
+    let (slack, ctx) = slack_digest(&app, 500).await;
     app.insert_account(NewAccount::new("customer@example.com", 100))
         .await;
-    let url = format!("{}/services/T0/B0/XYZ", slack.uri());
-    let ctx = context(
-        &app,
-        &[
-            ("NOTIFY__CHANNELS", "console,slack"),
-            ("NOTIFY__SLACK__WEBHOOK_URL", &url),
-            ("NOTIFY__SLACK__MODE", "digest"),
-        ],
-    );
     let summary = sweep(&ctx).await;
     assert_eq!((summary.sent, summary.failed), (1, 0), "{summary}");
     assert_eq!(app.console.count_for("customer@example.com"), 1);

@@ -24,6 +24,15 @@ on_both_backends!(
 
 const MINUTE: Duration = Duration::from_secs(60);
 
+async fn sweep_with(
+    ctx: balance_alertd::application::AlertContext,
+) -> balance_alertd::application::sweep::SweepSummary {
+    balance_alertd::application::sweep::BulkBalanceAlert::new(ctx)
+        .execute()
+        .await
+        .expect("sweep")
+}
+
 async fn set(app: &TestApp, id: &AccountId, column: &str, value: Value) {
     app.exec(
         &format!("UPDATE accounts SET {column} = $1 WHERE id = $2"),
@@ -285,10 +294,7 @@ async fn accounts_choose_their_channels_opt_out_and_unknown_names_are_ignored(ba
         .await;
     set(&app, &opted_out, "alert_channels", "".into()).await;
 
-    let s = balance_alertd::application::sweep::BulkBalanceAlert::new(ctx.clone())
-        .execute()
-        .await
-        .expect("sweep");
+    let s = sweep_with(ctx.clone()).await;
     assert_eq!((s.sent, s.eligible, s.in_cooldown), (3, 2, 1), "{s}");
     let channels = |rows: Vec<balance_alertd::infrastructure::db::entities::alert_logs::Model>| {
         let mut c: Vec<String> = rows.into_iter().map(|r| r.channel).collect();
@@ -316,10 +322,7 @@ async fn accounts_choose_their_channels_opt_out_and_unknown_names_are_ignored(ba
     // Opting back in (null = every configured channel) takes effect at the next sweep.
     set(&app, &opted_out, "alert_channels", Value::String(None)).await;
     app.clock.advance(MINUTE);
-    let s = balance_alertd::application::sweep::BulkBalanceAlert::new(ctx)
-        .execute()
-        .await
-        .expect("sweep");
+    let s = sweep_with(ctx).await;
     assert_eq!(s.sent, 2, "{s}");
 }
 
@@ -381,10 +384,7 @@ async fn sms_reaches_the_phone_with_form_fields_and_basic_auth_and_skips_account
         .await;
     set(&app, &bad_phone, "owner_phone", "555-0100".into()).await;
 
-    let s = balance_alertd::application::sweep::BulkBalanceAlert::new(ctx.clone())
-        .execute()
-        .await
-        .expect("sweep");
+    let s = sweep_with(ctx.clone()).await;
     assert_eq!((s.sent, s.failed), (2, 1), "{s}");
     assert!(
         app.alert_rows(&no_phone).await.is_empty(),
@@ -419,10 +419,7 @@ async fn sms_reaches_the_phone_with_form_fields_and_basic_auth_and_skips_account
     // The bank fixes the number: retried under the same id.
     set(&app, &bad_phone, "owner_phone", "+14155550199".into()).await;
     app.clock.advance(MINUTE);
-    let s = balance_alertd::application::sweep::BulkBalanceAlert::new(ctx)
-        .execute()
-        .await
-        .expect("sweep");
+    let s = sweep_with(ctx).await;
     assert_eq!((s.sent, s.failed), (1, 0), "{s}");
     assert_eq!(app.alert_rows(&bad_phone).await.len(), 1);
     let audit = app.finish_audit();
