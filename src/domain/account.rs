@@ -69,18 +69,13 @@ impl Account {
         self.threshold_override.unwrap_or(default)
     }
 
-    /// The contact details an alert is addressed to. A permanently failed alert stays
-    /// parked while they are unchanged (SPEC §2): every channel today addresses the owner's
-    /// e-mail (console and e-mail send to it, Slack and webhook carry it). When a setting of
-    /// the account cannot be honoured, that setting is part of them too, so that fixing it
-    /// retries the parked alert. Equal to `owner_email` otherwise: the candidate query
-    /// compares the stored contact with that column.
-    pub fn contact(&self, bad: Option<&super::policy::BadSetting>) -> String {
-        self.contact_on(&super::alert::ChannelName::new("email"), bad)
-    }
-
-    /// [`Self::contact`] for one channel: `sms` addresses the phone, the others the e-mail.
-    pub fn contact_on(
+    /// The contact details an alert on `channel` is addressed to: the phone for `sms`, the
+    /// e-mail for every other channel (console and e-mail send to it, Slack and webhook carry
+    /// it). A permanently failed alert stays parked while they are unchanged (SPEC §2). When a
+    /// setting of the account cannot be honoured, that setting is part of them too, so that
+    /// fixing it retries the parked alert. Equal to `owner_email` otherwise for the e-mail
+    /// channels: the candidate query compares the stored contact with that column.
+    pub fn contact(
         &self,
         channel: &super::alert::ChannelName,
         bad: Option<&super::policy::BadSetting>,

@@ -121,7 +121,7 @@ pub fn plan_claims(
             .flatten();
         let (mut claimed, mut deferred) = (false, false);
         for channel in channels_for(account, channels, &mut plan.unconfigured) {
-            let contact = account.contact_on(channel, bad.as_ref());
+            let contact = account.contact(channel, bad.as_ref());
             let claim = |alert_id: AlertId, prior_attempts, created_at| Claim {
                 alert_id,
                 channel: channel.clone(),

@@ -17,17 +17,22 @@ use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 use crate::helpers::{Backend, Captured, NewAccount, TestApp};
 
-/// Channels built from configuration exactly as the daemon builds them.
-pub fn context(app: &TestApp, env: &[(&str, &str)]) -> AlertContext {
+/// The configuration from the built-in defaults and `BALANCE_ALERT__{key}` variables.
+fn load_env(env: &[(&str, &str)]) -> config::LoadedConfig {
     let env: HashMap<String, String> = env
         .iter()
         .map(|(k, v)| (format!("BALANCE_ALERT__{k}"), (*v).to_owned()))
         .collect();
-    let loaded = config::load(&Sources {
+    config::load(&Sources {
         files: Vec::new(),
         env: Some(env),
     })
-    .expect("valid config");
+    .expect("valid config")
+}
+
+/// Channels built from configuration exactly as the daemon builds them.
+pub fn context(app: &TestApp, env: &[(&str, &str)]) -> AlertContext {
+    let loaded = load_env(env);
     let channels = notify::build_channels(&loaded, app.console.out()).expect("channels");
     let mut ctx = app.context_with(channels);
     ctx.digests = notify::build_digests(&loaded).expect("digests");
@@ -878,16 +883,7 @@ async fn email_over_starttls_and_implicit_tls_trusts_a_private_ca_and_refuses_an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_smtp_to_a_remote_host_is_a_configuration_error_unless_allowed() {
     let load = |env: &[(&str, &str)]| {
-        let env: HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (format!("BALANCE_ALERT__{k}"), (*v).to_owned()))
-            .collect();
-        let loaded = config::load(&Sources {
-            files: Vec::new(),
-            env: Some(env),
-        })
-        .expect("config");
-        notify::build_channels(&loaded, Captured::default().out()).map(|_| ())
+        notify::build_channels(&load_env(env), Captured::default().out()).map(|_| ())
     };
     let remote = [
         ("NOTIFY__CHANNELS", "email"),
