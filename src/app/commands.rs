@@ -15,7 +15,7 @@ use crate::application::sweep::BulkBalanceAlert;
 use crate::cli::{Command, MigrateAction};
 use crate::config::{LoadedConfig, Sources};
 use crate::daemon::{Daemon, signals};
-use crate::domain::policy::Source;
+use crate::domain::policy::{Source, local_datetime};
 use crate::domain::{Account, AccountId, AccountPolicy, AlertStatus, BadSetting, Decision, Money};
 use crate::infrastructure::audit::NoAuditLog;
 use crate::infrastructure::clock::SystemClock;
@@ -377,9 +377,7 @@ fn explain(result: &ChannelResult, basis: &Basis) -> String {
             ),
             Decision::AlreadyToday { since } => format!(
                 "daily: already alerted today in {zone} (at {}); not sent before midnight there",
-                since
-                    .with_timezone(&basis.policy.timezone)
-                    .format("%Y-%m-%d %H:%M %Z"),
+                local_datetime(basis.policy.timezone, *since).format("%Y-%m-%d %H:%M"),
                 zone = basis.policy.timezone
             ),
             Decision::Deferred { quiet_hours } => format!(

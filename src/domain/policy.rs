@@ -9,7 +9,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, NaiveDate, NaiveTime, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeZone, Utc};
 use chrono_tz::Tz;
 
 use super::account::Account;
@@ -207,20 +207,30 @@ impl PolicyDefaults {
 impl AccountPolicy {
     /// The quiet window `now` falls in, if any.
     pub fn quiet_now(&self, now: DateTime<Utc>) -> Option<QuietHours> {
-        let local = now.with_timezone(&self.timezone).time();
+        let local = local_datetime(self.timezone, now).time();
         self.quiet_hours.filter(|q| q.contains(local))
     }
 
     /// The account's local calendar date at `at`.
     pub fn local_date(&self, at: DateTime<Utc>) -> NaiveDate {
-        at.with_timezone(&self.timezone).date_naive()
+        local_datetime(self.timezone, at).date()
     }
+}
+
+/// The wall-clock time in `tz` at `at`. chrono's `with_timezone(..).date_naive()` panics when
+/// the offset carries the instant past chrono's last representable date (a clock or fake
+/// clock near year 262143); this keeps the UTC wall clock there instead, so no instant the
+/// clock can return panics.
+pub fn local_datetime(tz: Tz, at: DateTime<Utc>) -> NaiveDateTime {
+    let utc = at.naive_utc();
+    utc.checked_add_offset(tz.offset_from_utc_datetime(&utc).fix())
+        .unwrap_or(utc)
 }
 
 /// The first instant of `now`'s local calendar day in `tz` (midnight, or the first minute
 /// after it that exists where a DST change skips midnight).
 pub fn start_of_day(tz: Tz, now: DateTime<Utc>) -> DateTime<Utc> {
-    let date = now.with_timezone(&tz).date_naive();
+    let date = local_datetime(tz, now).date();
     (0..24 * 60)
         .find_map(|minute| {
             let time = NaiveTime::from_num_seconds_from_midnight_opt(minute * 60, 0)?;
@@ -246,6 +256,26 @@ mod tests {
             policy_from: Source::Config,
             timezone: parse_timezone(tz).unwrap(),
             quiet_hours: QuietHours::parse(quiet).unwrap(),
+        }
+    }
+
+    #[test]
+    fn local_time_at_the_ends_of_the_calendar_does_not_panic() {
+        // Found by the property test: Kiritimati (+14) at chrono's last instant overflowed
+        // inside `date_naive()`.
+        for zone in ["Pacific/Kiritimati", "Pacific/Pago_Pago", "Europe/Paris"] {
+            let tz = parse_timezone(zone).unwrap();
+            for now in [DateTime::<Utc>::MAX_UTC, DateTime::<Utc>::MIN_UTC] {
+                let account = AccountPolicy {
+                    policy: Policy::Daily,
+                    policy_from: Source::Config,
+                    timezone: tz,
+                    quiet_hours: QuietHours::parse("22:00-07:00").unwrap(),
+                };
+                let _ = account.quiet_now(now);
+                let _ = account.local_date(now);
+                assert!(start_of_day(tz, now) <= now || now == DateTime::<Utc>::MIN_UTC);
+            }
         }
     }
 
