@@ -225,7 +225,6 @@ pub fn build_context_with_clock(
         clock,
         rules: config.rules.clone(),
         delivery: delivery_policy(config),
-        currency: config.currency.clone(),
         digests,
     })
 }

@@ -14,6 +14,7 @@ mod m20261127_000005_ids_compare_bytewise;
 mod m20261201_000006_leases_and_failure_classes;
 mod m20261202_000007_audit_backlog;
 mod m20261202_000008_alert_policies;
+mod m20261202_000009_currency_thresholds;
 
 /// Applies the migrations in order; `seaql_migrations` records what ran.
 pub struct Migrator;
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000006_leases_and_failure_classes::Migration),
             Box::new(m20261202_000007_audit_backlog::Migration),
             Box::new(m20261202_000008_alert_policies::Migration),
+            Box::new(m20261202_000009_currency_thresholds::Migration),
         ]
     }
 }

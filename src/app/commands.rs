@@ -16,7 +16,9 @@ use crate::cli::{Command, MigrateAction};
 use crate::config::{LoadedConfig, Sources};
 use crate::daemon::{Daemon, signals};
 use crate::domain::policy::{Source, local_datetime};
-use crate::domain::{Account, AccountId, AccountPolicy, AlertStatus, BadSetting, Decision, Money};
+use crate::domain::{
+    Account, AccountId, AccountPolicy, AlertStatus, BadSetting, Currency, Decision, Money,
+};
 use crate::infrastructure::audit::NoAuditLog;
 use crate::infrastructure::clock::SystemClock;
 use crate::infrastructure::db::{self, SeaOrmStore};
@@ -126,12 +128,11 @@ async fn dry_run(config: &LoadedConfig, json: bool) -> Result<ExitCode, AppError
     }
     let store = SeaOrmStore::new(conn.clone(), settings.display_url());
     let ctx = build_context(config, store, Arc::new(NoAuditLog), stdout_console())?;
-    let currency = ctx.currency.clone();
     let previewed = BulkBalanceAlert::new(ctx)
         .preview(|claim| {
             let (balance, threshold) = (
-                currency.decimal(claim.account.balance),
-                currency.decimal(claim.threshold),
+                claim.currency.decimal(claim.account.balance),
+                claim.currency.decimal(claim.threshold),
             );
             if json {
                 let line = serde_json::json!({
@@ -139,6 +140,7 @@ async fn dry_run(config: &LoadedConfig, json: bool) -> Result<ExitCode, AppError
                     "channel": claim.channel,
                     "balance": balance,
                     "threshold": threshold,
+                    "currency": claim.currency.code(),
                 });
                 println!("{line}");
             } else {
@@ -166,7 +168,6 @@ async fn check(config: &LoadedConfig, account_id: &AccountId) -> Result<ExitCode
     let store = open_store(config).await?;
     write_audit_backlog(&store, audit.as_ref()).await?;
     let ctx = build_context(config, store.clone(), audit.clone(), stdout_console())?;
-    let currency = ctx.currency.clone();
     // The row as the check starts, for the explanation (the check reads it again under
     // its lock and decides on that).
     let account = ctx.store.find_account(account_id).await?;
@@ -178,18 +179,30 @@ async fn check(config: &LoadedConfig, account_id: &AccountId) -> Result<ExitCode
     let say = |text: &str| println!("check: account {account_id}: {text}");
     match (&outcome, &basis) {
         (CheckReport::NotFound, _) | (_, None) => say("not found"),
-        (CheckReport::AboveThreshold { balance, threshold }, Some(basis)) => say(&format!(
-            "balance {} is not below {} ({}); no alert",
-            currency.format(*balance),
-            currency.format(*threshold),
-            basis.threshold_from
-        )),
+        (CheckReport::AboveThreshold { balance, .. }, Some(basis)) => {
+            say(&match basis.threshold {
+                Some(threshold) => format!(
+                    "balance {} is not below {} ({}); no alert",
+                    basis.currency.format(*balance),
+                    basis.currency.format(threshold),
+                    basis.threshold_from
+                ),
+                None => format!(
+                    "balance {}: no threshold applies ({}); never alerted",
+                    basis.currency.format(*balance),
+                    basis.threshold_from
+                ),
+            });
+        }
+        (CheckReport::Evaluated(_), Some(basis)) if basis.threshold.is_none() => {
+            say("changed while checked; run the check again");
+        }
         (CheckReport::Evaluated(channels), Some(basis)) => {
-            if let Some(account) = &account {
+            if let (Some(account), Some(threshold)) = (&account, basis.threshold) {
                 say(&format!(
                     "balance {} is below {} ({})",
-                    currency.format(account.balance),
-                    currency.format(account.effective_threshold(config.rules.default_threshold)),
+                    basis.currency.format(account.balance),
+                    basis.currency.format(threshold),
                     basis.threshold_from
                 ));
             }
@@ -280,7 +293,11 @@ fn print_config(config: &LoadedConfig, check_only: bool) -> Result<ExitCode, App
 
 /// The settings a check decided with, and where each came from.
 struct Basis {
-    threshold_from: &'static str,
+    /// The effective threshold; `None` when neither the account nor its currency has one.
+    threshold: Option<Money>,
+    threshold_from: String,
+    /// What the account's amounts count.
+    currency: Arc<Currency>,
     /// `once`: the balance that re-arms the account (threshold + `alert.rearm_margin`).
     rearm_at: String,
     policy: AccountPolicy,
@@ -292,26 +309,31 @@ struct Basis {
 
 impl Basis {
     fn of(account: &Account, config: &LoadedConfig) -> Self {
-        let (policy, bad) = config.rules.policy.for_account(account);
+        let thresholds = &config.rules.thresholds;
+        let (policy, bad_policy) = config.rules.policy.for_account(account);
+        let (currency, bad_currency) = thresholds.currency_of(account);
         let from = |own: bool, column: &'static str, key: &'static str| {
             if own { column } else { key }
         };
         let s = &account.settings;
-        let threshold = account.effective_threshold(config.rules.default_threshold);
+        let threshold = account.effective_threshold(thresholds);
+        let margin = thresholds.margin_for(account, config.rules.rearm_margin);
         let rearm_at = threshold
-            .minor()
-            .checked_add(config.rules.rearm_margin.minor())
+            .and_then(|t| t.minor().checked_add(margin.minor()))
             .map_or_else(
                 || "an unreachable amount".to_owned(),
-                |minor| config.currency.format(Money::from_minor(minor)),
+                |minor| currency.format(Money::from_minor(minor)),
             );
+        let code = s.currency.as_deref();
         Self {
             rearm_at,
-            threshold_from: from(
-                account.threshold_override.is_some(),
-                "the account's own alert_threshold_minor",
-                "alert.threshold",
-            ),
+            threshold,
+            threshold_from: if account.threshold_override.is_some() {
+                "the account's own alert_threshold_minor".to_owned()
+            } else {
+                thresholds.source(code)
+            },
+            currency,
             policy_from: match policy.policy_from {
                 Source::Account => "accounts.alert_policy",
                 Source::Config => "alert.policy",
@@ -323,7 +345,7 @@ impl Basis {
                 "alert.quiet_hours",
             ),
             policy,
-            bad,
+            bad: bad_currency.or(bad_policy),
         }
     }
 

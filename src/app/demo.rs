@@ -10,7 +10,7 @@ use sea_orm::{ActiveValue::Set, EntityTrait};
 use super::{AppError, migrate_up, stdout_console};
 use crate::application::sweep::BulkBalanceAlert;
 use crate::application::{AlertContext, DeliveryPolicy};
-use crate::domain::{AlertRules, Currency, Money};
+use crate::domain::{AlertRules, Currency, Money, Thresholds};
 use crate::infrastructure::audit::NoAuditLog;
 use crate::infrastructure::clock::SystemClock;
 use crate::infrastructure::db::entities::accounts;
@@ -47,14 +47,11 @@ pub async fn run_demo() -> Result<ExitCode, AppError> {
     let threshold = Money::from_minor(5_000);
     let ctx = AlertContext {
         store: Arc::new(SeaOrmStore::new(conn, "sqlite::memory:")),
-        channels: vec![Arc::new(ConsoleChannel::new(
-            currency.clone(),
-            stdout_console(),
-        ))],
+        channels: vec![Arc::new(ConsoleChannel::new(stdout_console()))],
         audit: Arc::new(NoAuditLog),
         clock: Arc::new(SystemClock),
         rules: AlertRules {
-            default_threshold: threshold,
+            thresholds: Thresholds::new(currency.clone(), threshold),
             cooldown: Duration::from_secs(24 * 3600),
             claim_timeout: Duration::from_secs(300),
             give_up_after: Duration::from_secs(24 * 3600),
@@ -70,7 +67,6 @@ pub async fn run_demo() -> Result<ExitCode, AppError> {
             batch_size: 100,
             jitter_seed: None,
         },
-        currency: currency.clone(),
         digests: Vec::new(),
     };
     println!(

@@ -16,7 +16,8 @@ pub enum CheckReport {
     /// At or above its effective threshold: nothing to do.
     AboveThreshold {
         balance: Money,
-        threshold: Money,
+        /// `None`: the account has no threshold at all (its currency has no default).
+        threshold: Option<Money>,
     },
     /// Below its threshold: what happened on each configured channel.
     Evaluated(Vec<(ChannelName, ChannelResult)>),
@@ -55,9 +56,9 @@ impl BalanceAlert {
         };
         let above = CheckReport::AboveThreshold {
             balance: account.balance,
-            threshold: account.effective_threshold(ctx.rules.default_threshold),
+            threshold: account.effective_threshold(&ctx.rules.thresholds),
         };
-        if !account.is_below_threshold(ctx.rules.default_threshold) {
+        if !account.is_below_threshold(&ctx.rules.thresholds) {
             return Ok(above);
         }
         let lease = Arc::new(Lease::new(ctx.rules.claim_timeout));

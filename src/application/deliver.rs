@@ -265,6 +265,7 @@ async fn deliver_one(
                 owner_name: claim.account.owner_name.clone(),
                 balance: claim.account.balance,
                 threshold: claim.threshold,
+                currency: claim.currency.clone(),
                 created_at: claim.created_at,
             };
             let (attempts, result) =
@@ -296,7 +297,7 @@ async fn deliver_one(
         warn!(alert_id = %claim.alert_id, account_id = %claim.account.id, channel = %claim.channel,
               attempts, outcome = status.as_str(), error = %e.message, "Alert delivery failed.");
     }
-    let audit = audit_entry(ctx, &claim, &outcome, recipient, error.as_ref());
+    let audit = audit_entry(&claim, &outcome, recipient, error.as_ref());
     Some((outcome, audit))
 }
 
@@ -370,7 +371,6 @@ pub async fn send_with_retry(
 
 /// The audit line of an outcome.
 pub fn audit_entry(
-    ctx: &AlertContext,
     claim: &Claim,
     outcome: &Outcome,
     recipient: String,
@@ -393,9 +393,9 @@ pub fn audit_entry(
         account_id: claim.account.id.clone(),
         channel: claim.channel.clone(),
         recipient,
-        threshold: ctx.currency.decimal(claim.threshold),
-        balance: ctx.currency.decimal(claim.account.balance),
-        currency: ctx.currency.code().to_owned(),
+        threshold: claim.currency.decimal(claim.threshold),
+        balance: claim.currency.decimal(claim.account.balance),
+        currency: claim.currency.code().to_owned(),
         attempts: claim.prior_attempts.saturating_add(outcome.attempts),
         error,
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::ports::{AlertStore, AuditLog, Channel, Clock, DigestSink};
-use crate::domain::{AlertRules, ChannelName, Currency};
+use crate::domain::{AlertRules, ChannelName};
 
 /// How deliveries are attempted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +38,6 @@ pub struct AlertContext {
     pub clock: Arc<dyn Clock>,
     pub rules: AlertRules,
     pub delivery: DeliveryPolicy,
-    pub currency: Currency,
     /// Operations channels told once per sweep (Slack in digest mode); usually none.
     pub digests: Vec<Arc<dyn DigestSink>>,
 }

@@ -16,7 +16,9 @@ use tracing::info;
 
 use super::AlertContext;
 use super::deliver::{self, DeliveryTally};
-use crate::domain::ports::{AuditEntry, ClaimBatch, StoreError, SweepClaims, SweepDigest};
+use crate::domain::ports::{
+    AccountCounts, AuditEntry, ClaimBatch, StoreError, SweepClaims, SweepDigest,
+};
 use crate::domain::{AlertStatus, Claim, ClaimTally, Lease, Outcome};
 
 /// Why a sweep did not finish.
@@ -60,6 +62,9 @@ pub struct SweepSummary {
     /// a sweep would make, `failed` those it would fail (a setting it cannot honour).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// Accounts never alerted because neither they nor their currency have a threshold
+    /// (`--json` only: the summary line's keys are fixed by SPEC §4).
+    pub without_threshold: u64,
 }
 
 impl fmt::Display for SweepSummary {
@@ -88,15 +93,17 @@ impl fmt::Display for SweepSummary {
 
 impl SweepSummary {
     fn new(
-        below_threshold: u64,
+        counts: &AccountCounts,
         claimed: &ClaimTally,
         delivered: &DeliveryTally,
         expired_unsent: u64,
     ) -> Self {
         let eligible = claimed.claimed;
         let skipped = claimed.skipped();
+        let below_threshold = counts.below_threshold;
         Self {
             below_threshold,
+            without_threshold: counts.without_threshold.iter().map(|(_, n)| n).sum(),
             eligible,
             sent: delivered.sent,
             failed: delivered.unsuccessful(),
@@ -154,7 +161,8 @@ impl BulkBalanceAlert {
         if resolved > 0 {
             tracing::debug!(resolved, "Recovered accounts re-armed (policy once).");
         }
-        let below_threshold = ctx.store.count_below_threshold(&ctx.rules).await?;
+        let counts = ctx.store.count_accounts(&ctx.rules).await?;
+        warn_without_threshold(&counts);
         let lease = Arc::new(Lease::new(ctx.rules.claim_timeout));
         let _renewer = deliver::spawn_renewer(ctx, lease.clone());
         let batches = ctx.store.claim_due(
@@ -180,8 +188,7 @@ impl BulkBalanceAlert {
             return Err(e.into());
         }
         warn_unconfigured(&claimed.unconfigured);
-        let mut summary =
-            SweepSummary::new(below_threshold, &claimed.tally, &delivered, claimed.expired);
+        let mut summary = SweepSummary::new(&counts, &claimed.tally, &delivered, claimed.expired);
         summary.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         if abandon.is_cancelled() {
             return Err(SweepError::Abandoned(summary));
@@ -221,7 +228,8 @@ impl BulkBalanceAlert {
     ) -> Result<SweepSummary, StoreError> {
         let started = Instant::now();
         let ctx = &self.ctx;
-        let below_threshold = ctx.store.count_below_threshold(&ctx.rules).await?;
+        let counts = ctx.store.count_accounts(&ctx.rules).await?;
+        warn_without_threshold(&counts);
         let mut batches = ctx.store.preview_due(
             ctx.channel_names(),
             ctx.rules.clone(),
@@ -246,7 +254,7 @@ impl BulkBalanceAlert {
             }
         }
         warn_unconfigured(&unconfigured);
-        let mut summary = SweepSummary::new(below_threshold, &tally, &delivered, expired);
+        let mut summary = SweepSummary::new(&counts, &tally, &delivered, expired);
         summary.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         summary.dry_run = true;
         Ok(summary)
@@ -290,6 +298,23 @@ async fn post_digests(ctx: &AlertContext, summary: &SweepSummary, first: Vec<Cla
 }
 
 /// Once per sweep: accounts named channels (`alert_channels`) that are not configured.
+/// Once per sweep (SPEC §2): accounts whose currency has no default threshold and that have
+/// none of their own are never alerted; the operator is told which currencies and how many.
+fn warn_without_threshold(counts: &AccountCounts) {
+    if !counts.without_threshold.is_empty() {
+        let by_currency: Vec<String> = counts
+            .without_threshold
+            .iter()
+            .map(|(code, n)| format!("{code}={n}"))
+            .collect();
+        tracing::warn!(
+            accounts = counts.without_threshold.iter().map(|(_, n)| n).sum::<u64>(),
+            by_currency = by_currency.join(","),
+            "Accounts in a currency without a default threshold (alert.thresholds.<CODE>) and without their own alert_threshold_minor are never alerted."
+        );
+    }
+}
+
 fn warn_unconfigured(names: &BTreeSet<String>) {
     if !names.is_empty() {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -349,7 +374,7 @@ pub(super) fn audit_given_up(ctx: &AlertContext, expired: &[Claim]) {
                 )),
                 contact: None,
             };
-            deliver::audit_entry(ctx, claim, &outcome, claim.account.owner_email.clone(), None)
+            deliver::audit_entry(claim, &outcome, claim.account.owner_email.clone(), None)
         })
         .collect();
     if let Err(e) = ctx.audit.record(&entries) {

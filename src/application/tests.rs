@@ -14,7 +14,7 @@ use super::{AlertContext, DeliveryPolicy};
 use crate::domain::ports::{AlertStore, AuditEntry, AuditLog, Channel, Clock};
 use crate::domain::{
     Account, AccountId, AlertMessage, AlertRules, AlertStatus, ChannelName, Currency, Decision,
-    DeliveryError, Lease, Money, Outcome,
+    DeliveryError, Lease, Money, Outcome, Thresholds,
 };
 use crate::infrastructure::clock::SystemClock;
 use crate::infrastructure::memory::InMemoryStore;
@@ -139,7 +139,7 @@ impl Harness {
             audit: audit.clone(),
             clock: clock.clone(),
             rules: AlertRules {
-                default_threshold: Money::from_minor(5_000),
+                thresholds: Thresholds::new(Currency::usd(), Money::from_minor(5_000)),
                 cooldown: 24 * HOUR,
                 claim_timeout: Duration::from_secs(300),
                 give_up_after: 24 * HOUR,
@@ -155,7 +155,6 @@ impl Harness {
                 batch_size: 2,
                 jitter_seed: Some(1),
             },
-            currency: Currency::usd(),
             digests: Vec::new(),
         };
         Self {

@@ -1,6 +1,8 @@
 //! Loading the layers (built-in defaults, files, environment) and validating what serde
 //! accepts but the domain does not (money digits, cron fields, required channel keys).
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -12,7 +14,10 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
 use super::{ChannelKind, Settings};
 use crate::domain::policy::parse_timezone;
-use crate::domain::{AlertRules, Currency, Money, MoneyError, Policy, PolicyDefaults, QuietHours};
+use crate::domain::{
+    AlertRules, Currency, Money, MoneyError, Policy, PolicyDefaults, QuietHours, Thresholds,
+    iso_currency,
+};
 
 /// The built-in defaults: the same file operators read, so the two cannot drift.
 pub const DEFAULTS: &str = include_str!("../../config/default.toml");
@@ -47,12 +52,15 @@ pub enum ConfigError {
     #[error("{0}")]
     Parse(#[from] ::config::ConfigError),
     #[error("{key}: {message}")]
-    Invalid { key: &'static str, message: String },
+    Invalid {
+        key: Cow<'static, str>,
+        message: String,
+    },
 }
 
-fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+fn invalid(key: impl Into<Cow<'static, str>>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        key,
+        key: key.into(),
         message: message.into(),
     }
 }
@@ -106,6 +114,23 @@ fn validate(settings: Settings) -> Result<LoadedConfig, ConfigError> {
                 }
                 invalid("alert.threshold", message)
             })?;
+    // The default currency's digits are configurable for a code ISO 4217 does not know;
+    // for one it knows they must agree, or accounts stored with that code and accounts
+    // without one would count different units.
+    if let Some(iso) = iso_currency(currency.code())
+        && iso.minor_digits() != currency.minor_digits()
+    {
+        return Err(invalid(
+            "currency.minor_digits",
+            format!(
+                "{} disagrees with ISO 4217, which gives {} {} minor digits",
+                currency.minor_digits(),
+                currency.code(),
+                iso.minor_digits()
+            ),
+        ));
+    }
+    let thresholds = validate_thresholds(&currency, default_threshold, &settings.alert)?;
     validate_database(&settings)?;
     validate_cron(&settings.schedule.cron)?;
     validate_notify(&settings)?;
@@ -141,7 +166,7 @@ fn validate(settings: Settings) -> Result<LoadedConfig, ConfigError> {
     }
     validate_bounds(&settings)?;
     let rules = AlertRules {
-        default_threshold,
+        thresholds,
         cooldown: settings.alert.cooldown,
         claim_timeout: settings.delivery.claim_timeout,
         give_up_after: settings.delivery.give_up_after,
@@ -154,6 +179,39 @@ fn validate(settings: Settings) -> Result<LoadedConfig, ConfigError> {
         rules,
         warnings: Vec::new(),
     })
+}
+
+/// `alert.thresholds.<CODE>`: each code an ISO 4217 currency (or the default one), each amount
+/// within that currency's minor digits. The `config` crate lowercases keys (environment
+/// variables have no case to keep), so codes are compared uppercased.
+fn validate_thresholds(
+    currency: &Currency,
+    default_threshold: Money,
+    alert: &super::AlertSettings,
+) -> Result<Thresholds, ConfigError> {
+    let mut thresholds = Thresholds::new(currency.clone(), default_threshold);
+    for (key, text) in &alert.thresholds {
+        let code = key.to_ascii_uppercase();
+        let name = format!("alert.thresholds.{code}");
+        let this = if code == currency.code() {
+            currency.clone()
+        } else {
+            iso_currency(&code).ok_or_else(|| {
+                invalid(
+                    name.clone(),
+                    format!("{key:?} is not an ISO 4217 currency code with minor units (e.g. EUR)"),
+                )
+            })?
+        };
+        let amount = this.parse_amount(text).map_err(|e| {
+            invalid(
+                name.clone(),
+                format!("{e} ({code} has {} minor digits)", this.minor_digits()),
+            )
+        })?;
+        thresholds = thresholds.with(this, amount);
+    }
+    Ok(thresholds)
 }
 
 fn validate_policy(alert: &super::AlertSettings) -> Result<PolicyDefaults, ConfigError> {
@@ -385,6 +443,19 @@ pub(super) fn decimal_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, 
         }
     }
     d.deserialize_any(DecimalVisitor)
+}
+
+/// A table of decimal strings (or integers), such as `alert.thresholds`.
+pub(super) fn decimal_map<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    struct Amount(#[serde(deserialize_with = "decimal_string")] String);
+    let map = BTreeMap::<String, Amount>::deserialize(d)?;
+    Ok(map
+        .into_iter()
+        .map(|(code, Amount(text))| (code, text))
+        .collect())
 }
 
 /// A TOML array, or (from the environment) a comma-separated string.

@@ -5,6 +5,7 @@ mod exposure;
 mod load;
 pub(crate) mod redact;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -59,6 +60,9 @@ pub struct AlertSettings {
     pub timezone: String,
     /// `"HH:MM-HH:MM"` or `""`.
     pub quiet_hours: String,
+    /// Default threshold per ISO 4217 code (decimal strings in that currency).
+    #[serde(default, deserialize_with = "load::decimal_map")]
+    pub thresholds: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -4,6 +4,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
+use super::currency::Thresholds;
 use super::money::Money;
 
 /// An account id: the text primary key of `accounts` (a UUID in text form by contract, but
@@ -64,9 +65,11 @@ impl Account {
         display_name(self.owner_name.as_deref())
     }
 
-    /// The account's own threshold when it has one, else the configured default.
-    pub fn effective_threshold(&self, default: Money) -> Money {
-        self.threshold_override.unwrap_or(default)
+    /// The account's own threshold when it has one, else the configured default of its
+    /// currency; `None` when neither exists (such an account is never alerted).
+    pub fn effective_threshold(&self, thresholds: &Thresholds) -> Option<Money> {
+        self.threshold_override
+            .or_else(|| thresholds.for_code(self.settings.currency.as_deref()))
     }
 
     /// The contact details an alert on `channel` is addressed to: the phone for `sms`, the
@@ -99,17 +102,23 @@ impl Account {
     }
 
     /// `once` re-arms at the effective threshold plus `margin` or above (a threshold so
-    /// close to the largest amount that the sum overflows cannot be reached).
-    pub fn has_recovered(&self, default: Money, margin: Money) -> bool {
-        self.effective_threshold(default)
-            .minor()
-            .checked_add(margin.minor())
-            .is_some_and(|rearm| self.balance.minor() >= rearm)
+    /// close to the largest amount that the sum overflows cannot be reached). An account
+    /// left without any threshold is below nothing: recovered.
+    pub fn has_recovered(&self, thresholds: &Thresholds, margin: Money) -> bool {
+        self.effective_threshold(thresholds)
+            .is_none_or(|threshold| {
+                threshold
+                    .minor()
+                    .checked_add(thresholds.margin_for(self, margin).minor())
+                    .is_some_and(|rearm| self.balance.minor() >= rearm)
+            })
     }
 
-    /// Strictly below: a balance equal to the threshold raises no alert.
-    pub fn is_below_threshold(&self, default: Money) -> bool {
-        self.balance < self.effective_threshold(default)
+    /// Strictly below: a balance equal to the threshold raises no alert, and an account
+    /// without a threshold none either.
+    pub fn is_below_threshold(&self, thresholds: &Thresholds) -> bool {
+        self.effective_threshold(thresholds)
+            .is_some_and(|threshold| self.balance < threshold)
     }
 }
 
@@ -136,9 +145,13 @@ mod tests {
         }
     }
 
+    fn default(minor: i64) -> Thresholds {
+        Thresholds::new(crate::domain::Currency::usd(), Money::from_minor(minor))
+    }
+
     #[test]
     fn below_threshold_is_strict() {
-        let default = Money::from_minor(5000);
+        let default = &default(5000);
         assert!(account(4999, None).is_below_threshold(default));
         assert!(!account(5000, None).is_below_threshold(default));
         assert!(account(-1, None).is_below_threshold(default));
@@ -148,9 +161,19 @@ mod tests {
 
     #[test]
     fn own_threshold_overrides_the_default() {
-        let default = Money::from_minor(5000);
+        let default = &default(5000);
         assert!(!account(4999, Some(1000)).is_below_threshold(default));
         assert!(account(9999, Some(10_000)).is_below_threshold(default));
+    }
+
+    #[test]
+    fn an_account_in_a_currency_without_a_threshold_is_never_below() {
+        let mut yen = account(-1_000_000, None);
+        yen.settings.currency = Some("JPY".into());
+        assert!(!yen.is_below_threshold(&default(5000)));
+        assert!(yen.has_recovered(&default(5000), Money::ZERO));
+        yen.threshold_override = Some(Money::from_minor(1000));
+        assert!(yen.is_below_threshold(&default(5000)));
     }
 
     #[test]

@@ -3,14 +3,16 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 
 use super::account::{Account, AccountId};
+use super::currency::Thresholds;
 use super::email::{EmailAddress, PhoneNumber};
-use super::money::Money;
+use super::money::{Currency, Money};
 use super::policy::{AccountPolicy, Policy, PolicyDefaults, QuietHours, start_of_day};
 
 /// The id an alert keeps for life: every retry reuses it, so receivers can drop duplicates
@@ -167,8 +169,8 @@ impl<'a> AlertsByPair<'a> {
 /// bounded by the configuration (`config::load`); the arithmetic here saturates anyway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlertRules {
-    /// Applies to accounts without their own threshold.
-    pub default_threshold: Money,
+    /// The default threshold of each currency, for accounts without their own.
+    pub thresholds: Thresholds,
     /// After a sent alert, no new alert for that account and channel within this window.
     pub cooldown: Duration,
     /// A claim not renewed for this long was abandoned by its holder (a crash).
@@ -352,6 +354,8 @@ pub struct Claim {
     /// The account as read under the claim's lock.
     pub account: Account,
     pub threshold: Money,
+    /// The account's currency, which its balance and threshold count in.
+    pub currency: Arc<Currency>,
     /// Attempts made by earlier sweeps for this alert.
     pub prior_attempts: u32,
     pub created_at: DateTime<Utc>,
@@ -377,6 +381,8 @@ pub struct AlertMessage {
     pub owner_name: Option<String>,
     pub balance: Money,
     pub threshold: Money,
+    /// What `balance` and `threshold` count: messages show amounts in it.
+    pub currency: Arc<Currency>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -458,13 +464,14 @@ pub struct Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Currency;
 
     const HOUR: Duration = Duration::from_secs(3600);
     const CONTACT: &str = "a@example.com";
 
     fn rules() -> AlertRules {
         AlertRules {
-            default_threshold: Money::from_minor(5000),
+            thresholds: Thresholds::new(Currency::usd(), Money::from_minor(5000)),
             cooldown: 24 * HOUR,
             claim_timeout: Duration::from_secs(300),
             give_up_after: 24 * HOUR,

@@ -108,12 +108,16 @@ pub fn plan_claims(
     let by_pair = AlertsByPair::new(records);
     let mut plan = ClaimPlan::default();
     for account in accounts {
-        if !account.is_below_threshold(rules.default_threshold) {
+        let Some(threshold) = account
+            .effective_threshold(&rules.thresholds)
+            .filter(|threshold| account.balance < *threshold)
+        else {
             plan.tally.changed += 1;
             continue;
-        }
-        let threshold = account.effective_threshold(rules.default_threshold);
-        let (policy, bad) = rules.policy.for_account(account);
+        };
+        let (currency, bad_currency) = rules.thresholds.currency_of(account);
+        let (policy, bad_policy) = rules.policy.for_account(account);
+        let bad = bad_currency.or(bad_policy);
         // A bad quiet-hours value cannot tell when to send: such an account is rejected.
         let quiet = bad
             .is_none()
@@ -127,6 +131,7 @@ pub fn plan_claims(
                 channel: channel.clone(),
                 account: account.clone(),
                 threshold,
+                currency: currency.clone(),
                 prior_attempts,
                 created_at,
                 contact: contact.clone(),

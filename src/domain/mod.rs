@@ -4,6 +4,7 @@
 pub mod account;
 pub mod alert;
 pub mod claiming;
+pub mod currency;
 pub mod email;
 pub mod lease;
 pub mod money;
@@ -16,6 +17,7 @@ pub use alert::{
     Cutoffs, Decision, DeliveryError, FailureKind, Outcome,
 };
 pub use claiming::{ClaimPlan, ClaimTally, plan_claims};
+pub use currency::{ThresholdGroup, Thresholds, iso_currency};
 pub use email::{EmailAddress, InvalidEmail, PhoneNumber};
 pub use lease::{Lease, LeaseHolder};
 pub use money::{Currency, CurrencyError, Money, MoneyError};

@@ -29,6 +29,8 @@ pub enum MoneyError {
 }
 
 impl Money {
+    pub const ZERO: Self = Self::from_minor(0);
+
     pub const fn from_minor(minor: i64) -> Self {
         Self { minor }
     }
@@ -78,6 +80,22 @@ impl Money {
     }
 
     /// The amount for people: `"$49.00"`, `"-$5.00"`.
+    /// The same amount counted with `to` minor digits instead of `from`, rounded up to a
+    /// whole minor unit and saturating (`alert.rearm_margin` in another currency's units).
+    pub fn rescaled(self, from: u32, to: u32) -> Money {
+        let scale = |digits: u32| 10_i128.checked_pow(digits).unwrap_or(i128::MAX);
+        let minor = i128::from(self.minor);
+        let rescaled = if to >= from {
+            minor.saturating_mul(scale(to - from))
+        } else {
+            let divisor = scale(from - to);
+            minor.div_euclid(divisor) + i128::from(minor.rem_euclid(divisor) != 0)
+        };
+        let clamped = rescaled.clamp(i128::from(i64::MIN), i128::from(i64::MAX));
+        // In range after the clamp.
+        Money::from_minor(i64::try_from(clamped).unwrap_or_default())
+    }
+
     pub fn display(self, currency: &Currency) -> DisplayMoney<'_> {
         DisplayMoney {
             money: self,
@@ -106,7 +124,7 @@ impl fmt::Display for DisplayMoney<'_> {
     }
 }
 
-/// The currency every amount of this deployment is in.
+/// A currency: its ISO 4217 code, the symbol messages show and its minor digits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Currency {
     code: String,
@@ -186,6 +204,17 @@ impl Currency {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rescaling_keeps_the_amount_and_rounds_up() {
+        let m = Money::from_minor;
+        assert_eq!(m(550).rescaled(2, 3), m(5500));
+        assert_eq!(m(550).rescaled(2, 0), m(6));
+        assert_eq!(m(500).rescaled(2, 0), m(5));
+        assert_eq!(m(0).rescaled(2, 0), m(0));
+        assert_eq!(m(i64::MAX).rescaled(0, 18), m(i64::MAX));
+        assert_eq!(m(7).rescaled(2, 2), m(7));
+    }
 
     #[test]
     fn parses_whole_and_fractional_amounts_exactly() {

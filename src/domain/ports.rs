@@ -55,6 +55,16 @@ pub struct ClaimBatch {
     pub unconfigured: std::collections::BTreeSet<String>,
 }
 
+/// What [`AlertStore::count_accounts`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountCounts {
+    /// Strictly below their effective threshold.
+    pub below_threshold: u64,
+    /// Accounts without a threshold of their own in a currency without a default one
+    /// (`alert.thresholds.<CODE>`), per stored currency code: never alerted (SPEC §2).
+    pub without_threshold: Vec<(String, u64)>,
+}
+
 /// Accounts and their alert log.
 #[async_trait]
 pub trait AlertStore: Send + Sync {
@@ -62,8 +72,8 @@ pub trait AlertStore: Send + Sync {
     /// be reached.
     async fn find_account(&self, id: &AccountId) -> Result<Option<Account>, StoreError>;
 
-    /// How many accounts are strictly below their effective threshold.
-    async fn count_below_threshold(&self, rules: &AlertRules) -> Result<u64, StoreError>;
+    /// How many accounts are strictly below their effective threshold, and which have none.
+    async fn count_accounts(&self, rules: &AlertRules) -> Result<AccountCounts, StoreError>;
 
     /// `once` policy: records that accounts whose policy is `once` and whose balance is at
     /// or above their effective threshold plus `rules.rearm_margin` have recovered

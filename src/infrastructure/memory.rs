@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::{self, BoxStream, StreamExt};
 
-use crate::domain::ports::{AlertStore, ClaimBatch, Clock, StoreError, SweepClaims};
+use crate::domain::ports::{AccountCounts, AlertStore, ClaimBatch, Clock, StoreError, SweepClaims};
 use crate::domain::{
     Account, AccountId, AlertId, AlertRecord, AlertRules, AlertStatus, ChannelName, Claim, Lease,
     LeaseHolder, Outcome, Policy, plan_claims,
@@ -186,12 +186,19 @@ impl AlertStore for InMemoryStore {
         Ok(self.lock().accounts.get(id.as_str()).cloned())
     }
 
-    async fn count_below_threshold(&self, rules: &AlertRules) -> Result<u64, StoreError> {
+    async fn count_accounts(&self, rules: &AlertRules) -> Result<AccountCounts, StoreError> {
         let state = self.lock();
-        let below = state.accounts.values();
-        Ok(below
-            .filter(|a| a.is_below_threshold(rules.default_threshold))
-            .count() as u64)
+        let mut counts = AccountCounts::default();
+        let mut without: BTreeMap<String, u64> = BTreeMap::new();
+        for account in state.accounts.values() {
+            counts.below_threshold += u64::from(account.is_below_threshold(&rules.thresholds));
+            if account.effective_threshold(&rules.thresholds).is_none() {
+                let code = account.settings.currency.clone().unwrap_or_default();
+                *without.entry(code).or_default() += 1;
+            }
+        }
+        counts.without_threshold = without.into_iter().collect();
+        Ok(counts)
     }
 
     async fn resolve_recovered(
@@ -213,7 +220,7 @@ impl AlertStore for InMemoryStore {
             if closed
                 && r.resolved_at.is_none()
                 && rules.policy.for_account(account).0.policy == Policy::Once
-                && account.has_recovered(rules.default_threshold, rules.rearm_margin)
+                && account.has_recovered(&rules.thresholds, rules.rearm_margin)
             {
                 r.resolved_at = Some(now);
                 resolved += 1;
@@ -233,7 +240,7 @@ impl AlertStore for InMemoryStore {
         let accounts: Vec<Account> = state
             .accounts
             .values()
-            .filter(|a| a.is_below_threshold(rules.default_threshold))
+            .filter(|a| a.is_below_threshold(&rules.thresholds))
             .cloned()
             .collect();
         let records: Vec<AlertRecord> = state.alerts.iter().map(|a| a.record.clone()).collect();
@@ -265,7 +272,7 @@ impl AlertStore for InMemoryStore {
             let state = self.lock();
             let below = state.accounts.values();
             below
-                .filter(|a| a.is_below_threshold(request.rules.default_threshold))
+                .filter(|a| a.is_below_threshold(&request.rules.thresholds))
                 .map(|a| a.id.as_str().to_owned())
                 .collect()
         };

@@ -147,7 +147,7 @@ async fn one_cent_below_the_threshold_is_eligible_and_equal_is_not(backend: Back
         return;
     };
     let threshold = Currency::usd().parse_amount("50.00").unwrap();
-    assert_eq!(threshold, app.rules.default_threshold);
+    assert_eq!(threshold, app.rules.thresholds.default_threshold());
     app.insert_account(NewAccount::new("below@example.com", 4_999))
         .await;
     app.insert_account(NewAccount::new("equal@example.com", 5_000))
@@ -450,7 +450,7 @@ async fn transient_failures_are_retried_within_the_sweep(backend: Backend) {
             failures,
             inner: app.console.clone(),
         }));
-        app.context_with(vec![Arc::new(ConsoleChannel::new(Currency::usd(), out))])
+        app.context_with(vec![Arc::new(ConsoleChannel::new(out))])
     };
     use balance_alertd::application::sweep::BulkBalanceAlert;
     // Fails 3 times with max_attempts 3: failed, retried by the next sweep.

@@ -18,7 +18,7 @@ use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 use crate::helpers::{Backend, Captured, NewAccount, TestApp};
 
 /// The configuration from the built-in defaults and `BALANCE_ALERT__{key}` variables.
-fn load_env(env: &[(&str, &str)]) -> config::LoadedConfig {
+pub fn load_env(env: &[(&str, &str)]) -> config::LoadedConfig {
     let env: HashMap<String, String> = env
         .iter()
         .map(|(k, v)| (format!("BALANCE_ALERT__{k}"), (*v).to_owned()))
@@ -50,7 +50,7 @@ async fn sweep(ctx: &AlertContext) -> SweepSummary {
         .expect("sweep")
 }
 
-fn webhook_env(server: &MockServer) -> Vec<(&'static str, String)> {
+pub fn webhook_env(server: &MockServer) -> Vec<(&'static str, String)> {
     vec![
         ("NOTIFY__CHANNELS", "webhook".into()),
         ("NOTIFY__WEBHOOK__URL", format!("{}/hook", server.uri())),

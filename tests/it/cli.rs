@@ -396,6 +396,17 @@ fn bad_configuration_exits_2_naming_the_key() {
             "delivery.max_attempts",
         ),
         ("[currency]\nminor_digits = 30", "currency.minor_digits"),
+        (
+            "[alert.thresholds]\nEUR = \"40.001\"",
+            "alert.thresholds.EUR",
+        ),
+        ("[alert.thresholds]\nJPY = \"50.5\"", "alert.thresholds.JPY"),
+        ("[alert.thresholds]\nZZZ = \"1.00\"", "alert.thresholds.ZZZ"),
+        ("[alert.thresholds]\nEUR = 40.5", "decimal string"),
+        (
+            "[currency]\ncode = \"JPY\"\nsymbol = \"¥\"\n[alert]\nthreshold = \"5000\"",
+            "currency.minor_digits",
+        ),
         // Valid alone, but the default threshold "50.00" has two fractional digits.
         ("[currency]\nminor_digits = 0", "currency.minor_digits = 0"),
         (

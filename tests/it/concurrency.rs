@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use balance_alertd::application::check_account::{BalanceAlert, CheckReport};
 use balance_alertd::application::sweep::BulkBalanceAlert;
-use balance_alertd::domain::Currency;
 use balance_alertd::infrastructure::db::{self, SeaOrmStore};
 use balance_alertd::infrastructure::notify::ConsoleChannel;
 
@@ -88,10 +87,7 @@ async fn concurrent_checks_alert_once(backend: Backend) {
     let mut handles = Vec::new();
     for _ in 0..8 {
         let store = SeaOrmStore::new(app.db.connect().await, app.db.url.clone());
-        let mut ctx = app.context_with(vec![Arc::new(ConsoleChannel::new(
-            Currency::usd(),
-            app.console.out(),
-        ))]);
+        let mut ctx = app.context_with(vec![Arc::new(ConsoleChannel::new(app.console.out()))]);
         ctx.store = Arc::new(store);
         let id = id.clone();
         handles.push(tokio::spawn(async move {
@@ -127,7 +123,7 @@ async fn slow_deliveries_leave_the_sqlite_writer_to_other_writers_between_batche
         delay: Duration::from_millis(600),
         inner: app.console.clone(),
     }));
-    let slow = ConsoleChannel::new(Currency::usd(), console);
+    let slow = ConsoleChannel::new(console);
     let ctx = app.context_with(vec![Arc::new(slow)]);
     let sweep = tokio::spawn(async move { BulkBalanceAlert::new(ctx).execute().await });
 

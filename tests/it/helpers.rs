@@ -13,7 +13,7 @@ use balance_alertd::application::sweep::{BulkBalanceAlert, SweepSummary};
 use balance_alertd::application::{AlertContext, DeliveryPolicy};
 use balance_alertd::config::DatabaseSettings;
 use balance_alertd::domain::ports::{AuditLog, Channel, Clock};
-use balance_alertd::domain::{AccountId, AlertRules, Currency, Money};
+use balance_alertd::domain::{AccountId, AlertRules, Currency, Money, Thresholds};
 use balance_alertd::infrastructure::audit::JsonLinesAuditLog;
 use balance_alertd::infrastructure::db::entities::alert_logs;
 use balance_alertd::infrastructure::db::{self, SeaOrmStore};
@@ -246,7 +246,7 @@ impl TestApp {
             clock: Arc::new(FakeClock::new()),
             console: Captured::default(),
             rules: AlertRules {
-                default_threshold: Money::from_minor(5_000),
+                thresholds: Thresholds::new(Currency::usd(), Money::from_minor(5_000)),
                 cooldown: 24 * HOUR,
                 claim_timeout: Duration::from_secs(300),
                 give_up_after: 24 * HOUR,
@@ -274,7 +274,7 @@ impl TestApp {
 
     /// The use-cases' context: console channel into [`Self::console`].
     pub fn context(&self) -> AlertContext {
-        let channel = ConsoleChannel::new(Currency::usd(), self.console.out());
+        let channel = ConsoleChannel::new(self.console.out());
         self.context_with(vec![Arc::new(channel)])
     }
 
@@ -286,7 +286,6 @@ impl TestApp {
             clock: self.clock.clone(),
             rules: self.rules.clone(),
             delivery: self.delivery.clone(),
-            currency: Currency::usd(),
             digests: Vec::new(),
         }
     }

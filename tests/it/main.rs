@@ -5,6 +5,7 @@ mod alerting;
 mod channels;
 mod cli;
 mod concurrency;
+mod currencies;
 mod daemon;
 mod faults;
 mod field;

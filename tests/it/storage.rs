@@ -75,12 +75,11 @@ async fn postgres_ids_compare_bytewise_and_the_migrations_roll_back() {
             .collect::<Vec<_>>()
     };
     assert_eq!(collations().await, BYTEWISE);
-    Migrator::down(&conn, Some(1))
+    // Down to migration 6 (those after it leave the ids alone), then 6 itself.
+    let after_six = u32::try_from(Migrator::migrations().len() - 6).expect("a few migrations");
+    Migrator::down(&conn, Some(after_six))
         .await
-        .expect("migration 8 down");
-    Migrator::down(&conn, Some(1))
-        .await
-        .expect("migration 7 down");
+        .expect("the migrations after 6 down");
     Migrator::down(&conn, Some(1))
         .await
         .expect("migration 6 down");

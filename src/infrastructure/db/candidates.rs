@@ -19,16 +19,41 @@ use super::conn::Conns;
 use super::convert::status_literal;
 use super::dialect::Dialect;
 use super::entities::{accounts, alert_logs};
-use crate::domain::ports::StoreError;
-use crate::domain::{AlertRules, AlertStatus, ChannelName, Cutoffs, Money, Policy, PolicyDefaults};
+use crate::domain::ports::{AccountCounts, StoreError};
+use crate::domain::{
+    AlertRules, AlertStatus, ChannelName, Cutoffs, Policy, PolicyDefaults, ThresholdGroup,
+    Thresholds,
+};
 
-/// `balance < threshold` for accounts on the configured threshold. Written exactly as the
-/// partial index's predicate, so both planners use it.
-pub(super) fn on_default_threshold(threshold: Money) -> Condition {
+/// `currency` is one of the group's codes (or null, when the group holds the default
+/// currency).
+pub(super) fn in_group(group: &ThresholdGroup) -> Condition {
     use accounts::Column as A;
+    let any = Condition::any().add(A::Currency.is_in(group.codes.iter().map(String::as_str)));
+    if group.with_null {
+        any.add(A::Currency.is_null())
+    } else {
+        any
+    }
+}
+
+/// `balance < the default threshold of its currency` for accounts without their own
+/// threshold (SPEC §2); accounts in a currency without one never match.
+pub(super) fn on_default_threshold(thresholds: &Thresholds) -> Condition {
+    use accounts::Column as A;
+    let below = thresholds
+        .groups()
+        .iter()
+        .fold(Condition::any(), |any, group| {
+            any.add(
+                Condition::all()
+                    .add(in_group(group))
+                    .add(A::BalanceMinor.lt(group.threshold.minor())),
+            )
+        });
     Condition::all()
         .add(A::AlertThresholdMinor.is_null())
-        .add(A::BalanceMinor.lt(threshold.minor()))
+        .add(below)
 }
 
 /// `balance < own threshold`, again exactly as the partial index's predicate.
@@ -123,9 +148,9 @@ enum Part {
 }
 
 impl Part {
-    fn below(self, default_threshold: Money) -> Condition {
+    fn below(self, thresholds: &Thresholds) -> Condition {
         match self {
-            Self::DefaultThreshold => on_default_threshold(default_threshold),
+            Self::DefaultThreshold => on_default_threshold(thresholds),
             Self::OwnThreshold => below_own_threshold(),
         }
     }
@@ -156,7 +181,7 @@ impl Page {
     ) -> Condition {
         use accounts::Column as A;
         let mut filter = Condition::all()
-            .add(self.part.below(rules.default_threshold))
+            .add(self.part.below(&rules.thresholds))
             .add(claimable_somewhere(
                 channels,
                 cutoffs,
@@ -173,7 +198,7 @@ impl Page {
 
 /// What to list.
 pub(super) struct Listing {
-    pub(super) default_threshold: Money,
+    pub(super) thresholds: Thresholds,
     pub(super) policy: PolicyDefaults,
     pub(super) channels: Vec<ChannelName>,
     pub(super) cutoffs: Cutoffs,
@@ -191,7 +216,7 @@ async fn next_page(
     let mut select = accounts::Entity::find()
         .select_only()
         .column(A::Id)
-        .filter(part.below(listing.default_threshold))
+        .filter(part.below(&listing.thresholds))
         .filter(claimable_somewhere(
             &listing.channels,
             &listing.cutoffs,
@@ -273,21 +298,55 @@ pub(super) fn pages(
     .boxed()
 }
 
-/// How many accounts are below their effective threshold.
-pub(super) async fn count_below(
+/// How many accounts are below their effective threshold, and how many (per currency) have
+/// none. One count per default threshold and currency set, each a range of
+/// `idx_accounts_default_threshold_balance` (currency, balance), and one of the accounts with
+/// their own threshold below it; the accounts without any threshold are the index's entries
+/// in currencies without a default, grouped.
+pub(super) async fn count_accounts(
     conns: &Conns,
-    default_threshold: Money,
-) -> Result<u64, StoreError> {
-    let mut total = 0;
-    for below in [
-        on_default_threshold(default_threshold),
-        below_own_threshold(),
-    ] {
-        total += accounts::Entity::find()
+    thresholds: &Thresholds,
+) -> Result<AccountCounts, StoreError> {
+    use accounts::Column as A;
+    let err = || conns.err("cannot count accounts");
+    let mut parts = vec![below_own_threshold()];
+    for group in thresholds.groups() {
+        let below = |currency: Condition| {
+            Condition::all()
+                .add(A::AlertThresholdMinor.is_null())
+                .add(currency)
+                .add(A::BalanceMinor.lt(group.threshold.minor()))
+        };
+        parts.push(below(
+            Condition::all().add(A::Currency.is_in(group.codes.iter().map(String::as_str))),
+        ));
+        if group.with_null {
+            parts.push(below(Condition::all().add(A::Currency.is_null())));
+        }
+    }
+    let mut counts = AccountCounts::default();
+    for below in parts {
+        counts.below_threshold += accounts::Entity::find()
             .filter(below)
             .count(&conns.db)
             .await
-            .map_err(conns.err("cannot count accounts"))?;
+            .map_err(err())?;
     }
-    Ok(total)
+    let without = accounts::Entity::find()
+        .select_only()
+        .column(A::Currency)
+        .column_as(Expr::col(A::Id).count(), "accounts")
+        .filter(A::AlertThresholdMinor.is_null())
+        .filter(A::Currency.is_not_null())
+        .filter(A::Currency.is_not_in(thresholds.codes()))
+        .group_by(A::Currency)
+        .into_tuple::<(String, i64)>()
+        .all(&conns.db)
+        .await
+        .map_err(err())?;
+    counts.without_threshold = without
+        .into_iter()
+        .map(|(code, n)| (code, u64::try_from(n).unwrap_or_default()))
+        .collect();
+    Ok(counts)
 }

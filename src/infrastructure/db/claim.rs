@@ -35,7 +35,7 @@ use crate::domain::{
 /// Ids per `IN (...)` list: far below SQLite's 32,766 and PostgreSQL's 65,535 bind limits.
 pub(super) const IDS_PER_QUERY: usize = 5_000;
 
-/// Rows per multi-row INSERT: 5 binds a row stays far below SQLite's 32,766-bind limit.
+/// Rows per multi-row INSERT: 6 binds a row stays far below SQLite's 32,766-bind limit.
 const ROWS_PER_INSERT: usize = 1000;
 
 /// Rows per CASE-UPDATE (retries, failures): each row's CASE scans every arm, so keep it short.
@@ -386,11 +386,12 @@ async fn insert_new(
                 c.channel.as_str().into(),
                 c.threshold.minor().into(),
                 c.account.balance.minor().into(),
+                c.currency.code().into(),
             ])
         });
         let mut select = Query::select();
         select
-            .exprs((1..=5).map(from_rows))
+            .exprs((1..=6).map(from_rows))
             .expr(status_literal(AlertStatus::Pending))
             .expr(Expr::Constant(0i32.into()))
             .expr(Expr::val(now))
@@ -408,6 +409,7 @@ async fn insert_new(
                 L::Channel,
                 L::ThresholdMinor,
                 L::BalanceAtAlertMinor,
+                L::Currency,
                 L::Status,
                 L::Attempts,
                 L::CreatedAt,
@@ -499,6 +501,10 @@ async fn take_over(
                             |c| Expr::val(c.account.balance.minor()),
                             L::BalanceAtAlertMinor,
                         ),
+                    )
+                    .value(
+                        L::Currency,
+                        per_row(|c| Expr::val(c.currency.code()), L::Currency),
                     )
                     // Stored again only if this attempt fails permanently.
                     .value(L::Contact, Expr::Constant(Option::<String>::None.into()))

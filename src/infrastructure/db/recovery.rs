@@ -4,33 +4,69 @@
 //! UPDATE per sweep, for accounts whose policy is `once` only.
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Expr, ExprTrait, Func, Query, SimpleExpr};
+use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, Func, Query, SimpleExpr};
 use sea_orm::{Condition, ConnectionTrait};
 
-use super::candidates::policy_is;
+use super::candidates::{in_group, policy_is};
 use super::conn::Conns;
 use super::convert::status_literal;
 use super::entities::{accounts, alert_logs};
 use crate::domain::ports::StoreError;
-use crate::domain::{AlertRules, AlertStatus, Policy};
+use crate::domain::{AlertRules, AlertStatus, Money, Policy, Thresholds};
 
-/// `balance >= COALESCE(own threshold, default) + margin`, without an integer overflow on a
-/// threshold near the largest bigint (PostgreSQL would fail the statement): such a threshold
-/// cannot be reached anyway.
+/// The configured default threshold of the account's currency; NULL for a currency without
+/// one.
+fn default_threshold(thresholds: &Thresholds) -> SimpleExpr {
+    thresholds
+        .groups()
+        .iter()
+        .fold(CaseStatement::new(), |case, group| {
+            case.case(in_group(group), Expr::val(group.threshold.minor()))
+        })
+        .finally(Expr::val(Option::<i64>::None))
+        .into()
+}
+
+/// `alert.rearm_margin` in the account's minor units: the default currency's count, rescaled
+/// for currencies with other minor digits.
+fn margin(rules: &AlertRules) -> SimpleExpr {
+    let margin = Ord::max(rules.rearm_margin, Money::ZERO);
+    if margin == Money::ZERO {
+        return Expr::val(0_i64);
+    }
+    let from = rules.thresholds.default_currency().minor_digits();
+    rules
+        .thresholds
+        .other_digits()
+        .into_iter()
+        .fold(CaseStatement::new(), |case, (digits, codes)| {
+            case.case(
+                Expr::col((accounts::Entity, accounts::Column::Currency)).is_in(codes),
+                Expr::val(margin.rescaled(from, digits).minor()),
+            )
+        })
+        .finally(Expr::val(margin.minor()))
+        .into()
+}
+
+/// `balance >= effective threshold + margin`, without an integer overflow on a threshold
+/// near the largest bigint (PostgreSQL would fail the statement): such a threshold cannot be
+/// reached anyway. An account left without any threshold is recovered.
 fn recovered(rules: &AlertRules) -> SimpleExpr {
     use accounts::Column as A;
-    let margin = Ord::max(rules.rearm_margin.minor(), 0);
     let threshold = || {
-        let parts: [Expr; 2] = [
+        let parts: [SimpleExpr; 2] = [
             Expr::col((accounts::Entity, A::AlertThresholdMinor)),
-            Expr::val(rules.default_threshold.minor()),
+            default_threshold(&rules.thresholds),
         ];
         SimpleExpr::from(Func::coalesce(parts))
     };
-    Expr::case(threshold().gt(i64::MAX - margin), Expr::val(false))
-        .finally(
-            Expr::col((accounts::Entity, A::BalanceMinor)).gte(threshold().add(Expr::val(margin))),
+    Expr::case(threshold().is_null(), Expr::val(true))
+        .case(
+            threshold().gt(Expr::val(i64::MAX).sub(margin(rules))),
+            Expr::val(false),
         )
+        .finally(Expr::col((accounts::Entity, A::BalanceMinor)).gte(threshold().add(margin(rules))))
         .into()
 }
 

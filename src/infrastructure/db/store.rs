@@ -25,7 +25,7 @@ use super::dialect::Dialect;
 use super::entities::accounts;
 use super::record::Recorder;
 use super::recovery;
-use crate::domain::ports::{AlertStore, ClaimBatch, Clock, StoreError, SweepClaims};
+use crate::domain::ports::{AccountCounts, AlertStore, ClaimBatch, Clock, StoreError, SweepClaims};
 use crate::domain::{
     Account, AccountId, AlertId, AlertRules, ChannelName, Lease, LeaseHolder, Outcome,
 };
@@ -126,8 +126,8 @@ impl AlertStore for SeaOrmStore {
         Ok(row.map(Account::from))
     }
 
-    async fn count_below_threshold(&self, rules: &AlertRules) -> Result<u64, StoreError> {
-        candidates::count_below(&self.conns, rules.default_threshold).await
+    async fn count_accounts(&self, rules: &AlertRules) -> Result<AccountCounts, StoreError> {
+        candidates::count_accounts(&self.conns, &rules.thresholds).await
     }
 
     fn claim_due(
@@ -138,7 +138,7 @@ impl AlertStore for SeaOrmStore {
         let pages = candidates::pages(
             self.conns.clone(),
             Listing {
-                default_threshold: request.rules.default_threshold,
+                thresholds: request.rules.thresholds.clone(),
                 policy: request.rules.policy,
                 channels: request.channels.clone(),
                 cutoffs: request.rules.cutoffs(clock.now()),
@@ -203,7 +203,7 @@ impl AlertStore for SeaOrmStore {
         let pages = candidates::pages(
             self.conns.clone(),
             Listing {
-                default_threshold: rules.default_threshold,
+                thresholds: rules.thresholds.clone(),
                 policy: rules.policy,
                 channels: channels.clone(),
                 cutoffs: rules.cutoffs(now),

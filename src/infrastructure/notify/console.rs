@@ -4,19 +4,17 @@ use async_trait::async_trait;
 
 use super::ConsoleOut;
 use crate::domain::ports::Channel;
-use crate::domain::{AlertMessage, ChannelName, Currency, DeliveryError};
+use crate::domain::{AlertMessage, ChannelName, DeliveryError};
 
 pub struct ConsoleChannel {
     name: ChannelName,
-    currency: Currency,
     out: ConsoleOut,
 }
 
 impl ConsoleChannel {
-    pub fn new(currency: Currency, out: ConsoleOut) -> Self {
+    pub fn new(out: ConsoleOut) -> Self {
         Self {
             name: ChannelName::new("console"),
-            currency,
             out,
         }
     }
@@ -27,8 +25,8 @@ impl ConsoleChannel {
             "📧 Email -> {}: Hi {}, your balance ({}) is below {}\n",
             message.email()?,
             super::template::display_name(message),
-            self.currency.format(message.balance),
-            self.currency.format(message.threshold),
+            message.currency.format(message.balance),
+            message.currency.format(message.threshold),
         ))
     }
 }

@@ -47,10 +47,7 @@ pub fn build_channels(
         .filter(|kind| !(digest && **kind == ChannelKind::Slack))
         .map(|kind| -> Result<Arc<dyn Channel>, ChannelBuildError> {
             match kind {
-                ChannelKind::Console => Ok(Arc::new(ConsoleChannel::new(
-                    config.currency.clone(),
-                    console_out.clone(),
-                ))),
+                ChannelKind::Console => Ok(Arc::new(ConsoleChannel::new(console_out.clone()))),
                 ChannelKind::Email => Ok(Arc::new(EmailChannel::build(config)?)),
                 ChannelKind::Slack => Ok(Arc::new(SlackChannel::build(config)?)),
                 ChannelKind::Webhook => Ok(Arc::new(WebhookChannel::build(config)?)),

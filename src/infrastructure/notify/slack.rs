@@ -9,7 +9,7 @@ use super::{ChannelBuildError, http};
 use crate::config::redact::mask_url;
 use crate::config::{ChannelKind, LoadedConfig};
 use crate::domain::ports::{Channel, DigestSink, SweepDigest};
-use crate::domain::{AlertMessage, ChannelName, Currency, DeliveryError};
+use crate::domain::{AlertMessage, ChannelName, DeliveryError};
 
 const TEXT: &str = "notify.slack.text";
 
@@ -94,7 +94,6 @@ pub struct SlackDigest {
     client: reqwest::Client,
     /// Secret: the path is the credential.
     url: reqwest::Url,
-    currency: Currency,
 }
 
 impl SlackDigest {
@@ -104,7 +103,6 @@ impl SlackDigest {
         Ok(Self {
             client: channel.client,
             url: channel.url,
-            currency: config.currency.clone(),
         })
     }
 
@@ -126,8 +124,8 @@ impl SlackDigest {
                 escape(claim.account.display_name()),
                 escape(&claim.account.owner_email),
                 claim.channel,
-                self.currency.format(claim.account.balance),
-                self.currency.format(claim.threshold)
+                claim.currency.format(claim.account.balance),
+                claim.currency.format(claim.threshold)
             ));
         }
         let more = (d.sent + d.failed).saturating_sub(d.first.len().min(DIGEST_FIRST) as u64);

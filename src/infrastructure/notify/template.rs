@@ -29,7 +29,6 @@ pub const VARIABLES: &[&str] = &[
 /// The templates of one channel, by config key (`notify.email.subject`, ...).
 pub struct Templates {
     env: Environment<'static>,
-    currency: Currency,
     /// Applied to bank data (name, e-mail) before it enters the template.
     escape: fn(&str) -> String,
 }
@@ -47,12 +46,8 @@ impl Templates {
             env.add_template_owned(*key, (*source).to_owned())
                 .map_err(|e| invalid(channel, key, &e))?;
         }
-        let templates = Self {
-            env,
-            currency: currency.clone(),
-            escape,
-        };
-        let sample = sample_message();
+        let templates = Self { env, escape };
+        let sample = sample_message(currency);
         for (key, _) in sources {
             let template = templates
                 .env
@@ -99,12 +94,12 @@ impl Templates {
             email => email.clone(),
             account_id => m.account_id.as_str(),
             alert_id => m.alert_id.as_str(),
-            balance => self.currency.format(m.balance),
-            threshold => self.currency.format(m.threshold),
-            balance_amount => self.currency.decimal(m.balance),
-            threshold_amount => self.currency.decimal(m.threshold),
-            currency => self.currency.code(),
-            currency_symbol => self.currency.symbol(),
+            balance => m.currency.format(m.balance),
+            threshold => m.currency.format(m.threshold),
+            balance_amount => m.currency.decimal(m.balance),
+            threshold_amount => m.currency.decimal(m.threshold),
+            currency => m.currency.code(),
+            currency_symbol => m.currency.symbol(),
             created_at => m.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             account => context! { id => m.account_id.as_str(), email => email, name => name },
         }
@@ -137,7 +132,8 @@ pub fn no_escape(text: &str) -> String {
     text.to_owned()
 }
 
-fn sample_message() -> AlertMessage {
+/// A message in the default currency, to test-render templates with.
+fn sample_message(currency: &Currency) -> AlertMessage {
     AlertMessage {
         alert_id: AlertId::from_stored("00000000-0000-7000-8000-000000000000"),
         account_id: AccountId::new("00000000-0000-4000-8000-000000000000"),
@@ -147,6 +143,7 @@ fn sample_message() -> AlertMessage {
         owner_name: Some("Owner".into()),
         balance: Money::from_minor(4_900),
         threshold: Money::from_minor(5_000),
+        currency: std::sync::Arc::new(currency.clone()),
         created_at: chrono::DateTime::UNIX_EPOCH,
     }
 }

@@ -18,7 +18,7 @@ use super::{ChannelBuildError, http};
 use crate::config::LoadedConfig;
 use crate::config::redact::mask_url;
 use crate::domain::ports::{Channel, Clock};
-use crate::domain::{AlertMessage, ChannelName, Currency, DeliveryError};
+use crate::domain::{AlertMessage, ChannelName, DeliveryError};
 use crate::infrastructure::clock::SystemClock;
 
 pub struct WebhookChannel {
@@ -30,7 +30,6 @@ pub struct WebhookChannel {
     keys: Vec<SigningKey>,
     /// The first configured secret as written, for the legacy `X-Signature-256`.
     legacy_secret: Option<SecretString>,
-    currency: Currency,
     /// The signing time (`webhook-timestamp`): the system clock, or a test's.
     clock: Arc<dyn Clock>,
 }
@@ -128,7 +127,6 @@ impl WebhookChannel {
             url,
             keys,
             legacy_secret: settings.secret.0.first().cloned(),
-            currency: config.currency.clone(),
             clock,
         })
     }
@@ -140,9 +138,9 @@ impl WebhookChannel {
             account_id: m.account_id.as_str(),
             owner_email: m.email()?.as_str(),
             owner_name: m.owner_name.as_deref(),
-            balance: self.currency.decimal(m.balance),
-            threshold: self.currency.decimal(m.threshold),
-            currency: self.currency.code(),
+            balance: m.currency.decimal(m.balance),
+            threshold: m.currency.decimal(m.threshold),
+            currency: m.currency.code(),
             created_at: m
                 .created_at
                 .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
