@@ -10,7 +10,10 @@
 #   BENCH_BACKENDS="sqlite postgres"  a subset of: sqlite postgres pg-durable (default: all)
 #   BENCH_SCENARIO=once               default | once (alert.policy = "once") | quiet10 (10% of
 #                                     the accounts, ids below '1a', with their own time zone
-#                                     and quiet hours, outside the window when measured)
+#                                     and quiet hours, outside the window when measured) |
+#                                     currency10 (10% in EUR, ids from 'e6', with
+#                                     alert.thresholds.EUR = "50.00", and 10%, ids below '1a',
+#                                     with their own channel list "console")
 #
 # For each N and backend (10% of the accounts below the 50.00 threshold, random UUID ids):
 #   first_s     first sweep, console channel to /dev/null
@@ -59,6 +62,7 @@ fi
 SCENARIO=${BENCH_SCENARIO:-default}
 case $SCENARIO in
   default | quiet10) POLICY_TOML="" ;;
+  currency10) POLICY_TOML=$'[alert.thresholds]\nEUR = "50.00"' ;;
   once) POLICY_TOML=$'[alert]\npolicy = "once"' ;;
   *) echo "bench: unknown BENCH_SCENARIO=$SCENARIO" >&2; exit 2 ;;
 esac
@@ -69,6 +73,8 @@ config() { # URL [extra toml]
 
 # quiet10: a window that is not open now (so the same deliveries are made) in a zone of
 # their own, on ~10% of the accounts (random ids below '1a': 1/16 + 10/256).
+# currency10: the same deliveries, with the currency and channel-list columns filled in.
+CURRENCY_SQL="UPDATE accounts SET currency = 'EUR' WHERE id >= 'e6'; UPDATE accounts SET alert_channels = 'console' WHERE id < '1a'"
 QUIET_SQL="UPDATE accounts SET timezone = 'Asia/Kolkata', quiet_hours = '$(TZ=Asia/Kolkata date -d '+6 hour' +%H:00)-$(TZ=Asia/Kolkata date -d '+7 hour' +%H:00)' WHERE id < '1a'"
 
 
@@ -203,9 +209,12 @@ for n in "${SIZES[@]}"; do
     config "$url"
     "$BIN" -c "$WORK/config.toml" migrate >/dev/null
     if [[ $backend == sqlite ]]; then sqlite_load "$target" "$n"; else pg_load "$target" "$n"; fi
-    if [[ $SCENARIO == quiet10 ]]; then
-      if [[ $backend == sqlite ]]; then sqlite3 "$target" "$QUIET_SQL; VACUUM;"
-      else psql -q "$target" -c "$QUIET_SQL" -c "CHECKPOINT" -c "VACUUM ANALYZE accounts" -c "CHECKPOINT"; fi
+    extra_sql=""
+    [[ $SCENARIO == quiet10 ]] && extra_sql=$QUIET_SQL
+    [[ $SCENARIO == currency10 ]] && extra_sql=$CURRENCY_SQL
+    if [[ -n $extra_sql ]]; then
+      if [[ $backend == sqlite ]]; then sqlite3 "$target" "$extra_sql; VACUUM;"
+      else psql -q "$target" -c "$extra_sql" -c "CHECKPOINT" -c "VACUUM ANALYZE accounts" -c "CHECKPOINT"; fi
     fi
     # Background work after a bulk load (checkpoints, the kernel writing the loaded pages
     # back to disk) would be measured too.
