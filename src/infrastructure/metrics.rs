@@ -39,6 +39,7 @@ pub struct Metrics {
     duration: Histogram,
     deliveries: IntCounterVec,
     below_threshold: IntGauge,
+    without_threshold: IntGauge,
     deferred: IntCounter,
     reload_ok: IntGauge,
 }
@@ -76,6 +77,10 @@ impl Metrics {
             "accounts_below_threshold",
             "Accounts below their threshold at the last successful sweep.",
         )?;
+        let without_threshold = IntGauge::new(
+            "accounts_without_threshold",
+            "Accounts never alerted at the last successful sweep: no threshold of their own and none for their currency (alert.thresholds.<CODE>).",
+        )?;
         let deferred = IntCounter::new(
             "deferred_total",
             "Deliveries deferred by quiet hours (sent by a later sweep).",
@@ -93,6 +98,7 @@ impl Metrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(deliveries.clone()))?;
         registry.register(Box::new(below_threshold.clone()))?;
+        registry.register(Box::new(without_threshold.clone()))?;
         registry.register(Box::new(deferred.clone()))?;
         registry.register(Box::new(reload_ok.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
@@ -114,6 +120,7 @@ impl Metrics {
             duration,
             deliveries,
             below_threshold,
+            without_threshold,
             deferred,
             reload_ok,
         };
@@ -139,6 +146,8 @@ impl Metrics {
             if result == SweepResult::Success {
                 self.below_threshold
                     .set(i64::try_from(summary.below_threshold).unwrap_or(i64::MAX));
+                self.without_threshold
+                    .set(i64::try_from(summary.without_threshold).unwrap_or(i64::MAX));
                 self.deferred.inc_by(summary.deferred);
                 self.last_success
                     .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
@@ -225,6 +234,7 @@ mod tests {
             "balance_alertd_sweep_duration_seconds_bucket",
             "balance_alertd_deliveries_total{channel=\"console\",outcome=\"failed\"} 0",
             "balance_alertd_accounts_below_threshold 0",
+            "balance_alertd_accounts_without_threshold 0",
             "balance_alertd_deferred_total 0",
             "balance_alertd_config_last_reload_successful 1",
             "balance_alertd_build_info{version=\"",

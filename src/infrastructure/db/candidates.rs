@@ -29,12 +29,13 @@ use crate::domain::{
 /// currency).
 pub(super) fn in_group(group: &ThresholdGroup) -> Condition {
     use accounts::Column as A;
-    let any = Condition::any().add(A::Currency.is_in(group.codes.iter().map(String::as_str)));
-    if group.with_null {
-        any.add(A::Currency.is_null())
+    // Null first: almost every account of an existing bank's table has none.
+    let any = if group.with_null {
+        Condition::any().add(A::Currency.is_null())
     } else {
-        any
-    }
+        Condition::any()
+    };
+    any.add(A::Currency.is_in(group.codes.iter().map(String::as_str)))
 }
 
 /// `balance < the default threshold of its currency` for accounts without their own
@@ -45,10 +46,11 @@ pub(super) fn on_default_threshold(thresholds: &Thresholds) -> Condition {
         .groups()
         .iter()
         .fold(Condition::any(), |any, group| {
+            // The balance first: most accounts are above every threshold.
             any.add(
                 Condition::all()
-                    .add(in_group(group))
-                    .add(A::BalanceMinor.lt(group.threshold.minor())),
+                    .add(A::BalanceMinor.lt(group.threshold.minor()))
+                    .add(in_group(group)),
             )
         });
     Condition::all()
