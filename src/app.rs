@@ -18,8 +18,9 @@ use tracing_appender::non_blocking::WorkerGuard;
 pub use commands::dispatch;
 pub use demo::run_demo;
 
-use crate::application::{AlertContext, DeliveryPolicy};
+use crate::application::{AlertContext, ChannelLimits, DeliveryPolicy};
 use crate::config::{ConfigError, LoadedConfig};
+use crate::domain::ChannelName;
 use crate::domain::ports::{AlertStore, AuditLog, Clock};
 use crate::infrastructure::audit::JsonLinesAuditLog;
 use crate::infrastructure::clock::SystemClock;
@@ -239,5 +240,13 @@ pub fn delivery_policy(config: &LoadedConfig) -> DeliveryPolicy {
         concurrency: config.settings.notify.concurrency,
         batch_size: d.batch_size,
         jitter_seed: None,
+        limits: ChannelLimits::new(
+            config
+                .settings
+                .notify
+                .channel_concurrency
+                .iter()
+                .map(|(kind, n)| (ChannelName::new(kind.as_str()), *n)),
+        ),
     }
 }

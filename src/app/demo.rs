@@ -66,6 +66,7 @@ pub async fn run_demo() -> Result<ExitCode, AppError> {
             concurrency: 1,
             batch_size: 100,
             jitter_seed: None,
+            limits: Default::default(),
         },
         digests: Vec::new(),
     };

@@ -338,7 +338,14 @@ pub async fn send_with_retry(
     may_attempt: impl Fn() -> bool,
 ) -> (u32, Result<(), DeliveryError>) {
     let attempts = AtomicU32::new(0);
+    let slots = policy.limits.of(channel.name());
     let attempt = || async {
+        // A capped channel's slot, held for this attempt only (not across backoff sleeps).
+        // The semaphore is never closed; were it, the attempt would go ahead uncapped.
+        let _slot = match slots {
+            Some(slots) => slots.acquire().await.ok(),
+            None => None,
+        };
         attempts.fetch_add(1, Ordering::Relaxed);
         match tokio::time::timeout(policy.timeout, channel.send(message)).await {
             Ok(result) => result,

@@ -6,8 +6,11 @@ pub mod check_account;
 pub mod deliver;
 pub mod sweep;
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use crate::domain::ports::{AlertStore, AuditLog, Channel, Clock, DigestSink};
 use crate::domain::{AlertRules, ChannelName};
@@ -27,6 +30,52 @@ pub struct DeliveryPolicy {
     pub batch_size: u32,
     /// Fixes the backoff jitter's random sequence (tests); `None` seeds from the OS.
     pub jitter_seed: Option<u64>,
+    /// Lower caps for some channels (`notify.channel_concurrency`).
+    pub limits: ChannelLimits,
+}
+
+/// Per-channel caps on deliveries in flight, within [`DeliveryPolicy::concurrency`]: one
+/// semaphore per capped channel, shared by every delivery of the sweeps built from this
+/// configuration. An attempt takes a slot before its timeout starts, so waiting for a slow
+/// relay's free connection is not counted against `delivery.timeout`.
+#[derive(Clone, Default)]
+pub struct ChannelLimits(Arc<HashMap<ChannelName, (usize, Arc<Semaphore>)>>);
+
+impl ChannelLimits {
+    pub fn new(limits: impl IntoIterator<Item = (ChannelName, usize)>) -> Self {
+        Self(Arc::new(
+            limits
+                .into_iter()
+                .map(|(name, n)| (name, (n, Arc::new(Semaphore::new(n.max(1))))))
+                .collect(),
+        ))
+    }
+
+    /// The slots of `channel`, when it is capped.
+    pub fn of(&self, channel: &ChannelName) -> Option<&Semaphore> {
+        self.0.get(channel).map(|(_, slots)| slots.as_ref())
+    }
+
+    fn caps(&self) -> BTreeMap<&str, usize> {
+        self.0
+            .iter()
+            .map(|(name, (n, _))| (name.as_str(), *n))
+            .collect()
+    }
+}
+
+impl PartialEq for ChannelLimits {
+    fn eq(&self, other: &Self) -> bool {
+        self.caps() == other.caps()
+    }
+}
+
+impl Eq for ChannelLimits {}
+
+impl std::fmt::Debug for ChannelLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.caps()).finish()
+    }
 }
 
 /// What the use-cases work with; cheap to clone, rebuilt on reload.

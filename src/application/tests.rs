@@ -154,6 +154,7 @@ impl Harness {
                 concurrency: 4,
                 batch_size: 2,
                 jitter_seed: Some(1),
+                limits: Default::default(),
             },
             digests: Vec::new(),
         };

@@ -289,6 +289,18 @@ fn validate_notify(settings: &Settings) -> Result<(), ConfigError> {
     if notify.channels.is_empty() {
         return Err(invalid("notify.channels", "must name at least one channel"));
     }
+    for (kind, n) in &notify.channel_concurrency {
+        if *n == 0 || *n > notify.concurrency {
+            return Err(invalid(
+                format!("notify.channel_concurrency.{}", kind.as_str()),
+                format!(
+                    "is {n}; must be at least 1 and at most notify.concurrency ({}), which \
+                     caps every channel together",
+                    notify.concurrency
+                ),
+            ));
+        }
+    }
     for (i, kind) in notify.channels.iter().enumerate() {
         if notify.channels[..i].contains(kind) {
             return Err(invalid(

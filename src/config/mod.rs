@@ -81,7 +81,7 @@ pub struct ScheduleSettings {
 }
 
 /// A channel that can be named in `notify.channels`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChannelKind {
     Console,
@@ -109,6 +109,9 @@ pub struct NotifySettings {
     #[serde(deserialize_with = "load::list_or_comma_separated")]
     pub channels: Vec<ChannelKind>,
     pub concurrency: usize,
+    /// A lower cap on one channel's deliveries in flight than `concurrency`.
+    #[serde(default)]
+    pub channel_concurrency: BTreeMap<ChannelKind, usize>,
     pub email: EmailSettings,
     pub slack: SlackSettings,
     pub webhook: WebhookSettings,

@@ -40,6 +40,7 @@ pub fn context(app: &TestApp, env: &[(&str, &str)]) -> AlertContext {
     ctx.delivery.max_attempts = loaded.settings.delivery.max_attempts;
     ctx.delivery.max_backoff = loaded.settings.delivery.retry_max_backoff;
     ctx.delivery.initial_backoff = loaded.settings.delivery.retry_initial_backoff;
+    ctx.delivery.limits = balance_alertd::app::delivery_policy(&loaded).limits;
     ctx
 }
 
@@ -925,5 +926,36 @@ async fn plain_smtp_to_a_remote_host_is_a_configuration_error_unless_allowed() {
     assert!(
         error.contains("notify.email.tls_ca_file") && error.contains("/nonexistent/ca.pem"),
         "{error}"
+    );
+}
+
+/// `notify.channel_concurrency` caps one channel below `notify.concurrency`: a receiver that
+/// takes 3 connections sees at most 3 requests at once, and every alert still arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_cap_keeps_its_receiver_within_its_limit_and_delivers_everything() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let receiver = crate::receiver::Receiver::start().await;
+    receiver.set_delay(Duration::from_millis(100));
+    for i in 0..24 {
+        app.insert_account(NewAccount::new(&format!("cap{i}@example.com"), 4_900))
+            .await;
+    }
+    let url = receiver.url();
+    let mut ctx = context(
+        &app,
+        &[
+            ("NOTIFY__CHANNELS", "webhook"),
+            ("NOTIFY__WEBHOOK__URL", &url),
+            ("NOTIFY__CONCURRENCY", "16"),
+            ("NOTIFY__CHANNEL_CONCURRENCY__WEBHOOK", "3"),
+        ],
+    );
+    ctx.delivery.concurrency = 16;
+    assert_eq!(sweep(&ctx).await.sent, 24);
+    assert_eq!(receiver.total_delivered(), 24);
+    assert_eq!(
+        receiver.max_in_flight(),
+        3,
+        "the cap, reached and never passed"
     );
 }

@@ -261,6 +261,7 @@ impl TestApp {
                 concurrency: 8,
                 batch_size: 50,
                 jitter_seed: Some(7),
+                limits: Default::default(),
             },
             audit_dir,
             audit: Arc::new(audit),

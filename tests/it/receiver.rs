@@ -24,6 +24,9 @@ struct State {
     /// Successful (2xx) deliveries per account id.
     delivered: Mutex<HashMap<String, u64>>,
     requests: AtomicU64,
+    /// Requests being answered now, and the most at once.
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
     down: AtomicBool,
     delay_ms: AtomicU64,
     /// Share of requests answered 503, in percent.
@@ -94,6 +97,28 @@ impl Receiver {
     pub fn requests(&self) -> u64 {
         self.state.requests.load(Ordering::SeqCst)
     }
+
+    /// The most requests it was answering at once.
+    pub fn max_in_flight(&self) -> u64 {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts a request in flight until dropped.
+struct InFlight(Arc<State>);
+
+impl InFlight {
+    fn new(state: Arc<State>) -> Self {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        Self(state)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 async fn handle(
@@ -101,6 +126,7 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     state.requests.fetch_add(1, Ordering::SeqCst);
+    let _in_flight = InFlight::new(state.clone());
     let body = request
         .into_body()
         .collect()

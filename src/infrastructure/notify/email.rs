@@ -101,7 +101,14 @@ impl EmailChannel {
                 .unwrap_or_default();
             builder = builder.credentials(Credentials::new(username.clone(), password));
         }
-        let concurrency = u32::try_from(config.settings.notify.concurrency).unwrap_or(u32::MAX);
+        // Connections the pool keeps: no more than deliveries may be in flight on e-mail.
+        let notify = &config.settings.notify;
+        let in_flight = notify
+            .channel_concurrency
+            .get(&ChannelKind::Email)
+            .copied()
+            .unwrap_or(notify.concurrency);
+        let concurrency = u32::try_from(in_flight).unwrap_or(u32::MAX);
         let transport = builder
             .timeout(Some(config.settings.delivery.timeout))
             .pool_config(PoolConfig::new().max_size(concurrency.max(1)))
