@@ -182,24 +182,24 @@ fn validate(settings: Settings) -> Result<LoadedConfig, ConfigError> {
 }
 
 /// `alert.thresholds.<CODE>`: each code an ISO 4217 currency (or the default one), each amount
-/// within that currency's minor digits. The `config` crate lowercases keys (environment
-/// variables have no case to keep), so codes are compared uppercased.
+/// within that currency's minor digits (codes arrive uppercased: [`decimal_map`]).
 fn validate_thresholds(
     currency: &Currency,
     default_threshold: Money,
     alert: &super::AlertSettings,
 ) -> Result<Thresholds, ConfigError> {
     let mut thresholds = Thresholds::new(currency.clone(), default_threshold);
-    for (key, text) in &alert.thresholds {
-        let code = key.to_ascii_uppercase();
+    for (code, text) in &alert.thresholds {
         let name = format!("alert.thresholds.{code}");
         let this = if code == currency.code() {
             currency.clone()
         } else {
-            iso_currency(&code).ok_or_else(|| {
+            iso_currency(code).ok_or_else(|| {
                 invalid(
                     name.clone(),
-                    format!("{key:?} is not an ISO 4217 currency code with minor units (e.g. EUR)"),
+                    format!(
+                        "{code:?} is not an ISO 4217 currency code with minor units (e.g. EUR)"
+                    ),
                 )
             })?
         };
@@ -457,16 +457,17 @@ pub(super) fn decimal_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, 
     d.deserialize_any(DecimalVisitor)
 }
 
-/// A table of decimal strings (or integers), such as `alert.thresholds`.
+/// A table of decimal strings (or integers) by currency code: `alert.thresholds`.
 pub(super) fn decimal_map<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<BTreeMap<String, String>, D::Error> {
     #[derive(Deserialize)]
     struct Amount(#[serde(deserialize_with = "decimal_string")] String);
     let map = BTreeMap::<String, Amount>::deserialize(d)?;
+    // Currency codes are uppercase; the config crate lowercases keys from the environment.
     Ok(map
         .into_iter()
-        .map(|(code, Amount(text))| (code, text))
+        .map(|(code, Amount(text))| (code.to_ascii_uppercase(), text))
         .collect())
 }
 
