@@ -147,3 +147,44 @@ fn sample_message(currency: &Currency) -> AlertMessage {
         created_at: chrono::DateTime::UNIX_EPOCH,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::domain::iso_currency;
+
+    #[test]
+    fn templates_show_the_amounts_in_the_messages_currency() {
+        let templates = Templates::compile(
+            ChannelKind::Sms,
+            &Currency::usd(),
+            no_escape,
+            &[(
+                "text",
+                "{{ balance }} < {{ threshold }} ({{ balance_amount }} {{ currency }}, \
+                 {{ currency_symbol }})",
+            )],
+        )
+        .unwrap();
+        let render = |code: &str, balance, threshold| {
+            let message = AlertMessage {
+                balance: Money::from_minor(balance),
+                threshold: Money::from_minor(threshold),
+                currency: Arc::new(iso_currency(code).unwrap()),
+                ..sample_message(&Currency::usd())
+            };
+            templates.render("text", &message).unwrap()
+        };
+        assert_eq!(render("JPY", 4_900, 5_000), "¥4900 < ¥5000 (4900 JPY, ¥)");
+        assert_eq!(
+            render("EUR", 3_999, 4_000),
+            "€39.99 < €40.00 (39.99 EUR, €)"
+        );
+        assert_eq!(
+            render("KWD", 14_900, 15_000),
+            "د.ك14.900 < د.ك15.000 (14.900 KWD, د.ك)"
+        );
+    }
+}
