@@ -44,3 +44,29 @@ pub(crate) async fn run_sql(manager: &SchemaManager<'_>, statements: &[&str]) ->
     }
     Ok(())
 }
+
+/// A migration's statements for both backends plus PostgreSQL-only ones: `up` runs the shared
+/// ones first, `down` undoes the PostgreSQL ones first (the reverse order).
+pub(crate) async fn up_with_postgres(
+    manager: &SchemaManager<'_>,
+    both: &[&str],
+    postgres: &[&str],
+) -> Result<(), DbErr> {
+    run_sql(manager, both).await?;
+    if manager.get_database_backend() == sea_orm_migration::sea_orm::DbBackend::Postgres {
+        run_sql(manager, postgres).await?;
+    }
+    Ok(())
+}
+
+/// The reverse of [`up_with_postgres`].
+pub(crate) async fn down_with_postgres(
+    manager: &SchemaManager<'_>,
+    both: &[&str],
+    postgres: &[&str],
+) -> Result<(), DbErr> {
+    if manager.get_database_backend() == sea_orm_migration::sea_orm::DbBackend::Postgres {
+        run_sql(manager, postgres).await?;
+    }
+    run_sql(manager, both).await
+}

@@ -10,7 +10,6 @@
 //!   every per-account column since migration 6).
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -42,17 +41,10 @@ const POSTGRES_COVERING_DOWN: [&str; 2] = [
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        crate::run_sql(manager, &UP).await?;
-        if manager.get_database_backend() == DbBackend::Postgres {
-            crate::run_sql(manager, &POSTGRES_COVERING_UP).await?;
-        }
-        Ok(())
+        crate::up_with_postgres(manager, &UP, &POSTGRES_COVERING_UP).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() == DbBackend::Postgres {
-            crate::run_sql(manager, &POSTGRES_COVERING_DOWN).await?;
-        }
-        crate::run_sql(manager, &DOWN).await
+        crate::down_with_postgres(manager, &DOWN, &POSTGRES_COVERING_DOWN).await
     }
 }

@@ -51,6 +51,16 @@ async fn sweep(ctx: &AlertContext) -> SweepSummary {
         .expect("sweep")
 }
 
+/// A receiver that answers every POST with 200.
+pub async fn accepting_receiver() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    server
+}
+
 pub fn webhook_env(server: &MockServer) -> Vec<(&'static str, String)> {
     vec![
         ("NOTIFY__CHANNELS", "webhook".into()),

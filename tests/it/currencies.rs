@@ -5,10 +5,8 @@
 use balance_alertd::application::sweep::BulkBalanceAlert;
 use balance_alertd::domain::{AccountId, Money, Policy};
 use sea_orm::Value;
-use wiremock::matchers::method;
-use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::channels::{context, env_refs, load_env, webhook_env};
+use crate::channels::{accepting_receiver, context, env_refs, load_env, webhook_env};
 use crate::helpers::{Backend, NewAccount, TestApp};
 use crate::on_both_backends;
 
@@ -44,14 +42,10 @@ async fn each_account_is_alerted_in_its_own_currency_against_its_currencys_thres
     let Some(mut app) = TestApp::spawn(backend).await else {
         return;
     };
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&server)
-        .await;
+    let server = accepting_receiver().await;
     let mut env = webhook_env(&server);
     env[0].1 = "console,webhook".into();
-    // Lowercase as an environment variable arrives through the config crate.
+    // Through the environment, whose keys the config crate lowercases.
     env.push(("ALERT__THRESHOLDS__EUR", "40.00".into()));
     env.push(("ALERT__THRESHOLDS__KWD", "15.000".into()));
     let env = env_refs(&env);

@@ -258,16 +258,10 @@ async fn switching_an_accounts_policy_applies_at_the_next_sweep_with_its_history
 }
 
 async fn accounts_choose_their_channels_opt_out_and_unknown_names_are_ignored(backend: Backend) {
-    use wiremock::matchers::method;
-    use wiremock::{Mock, MockServer, ResponseTemplate};
     let Some(app) = TestApp::spawn(backend).await else {
         return;
     };
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&server)
-        .await;
+    let server = crate::channels::accepting_receiver().await;
     let url = format!("{}/hook", server.uri());
     let ctx = crate::channels::context(
         &app,
