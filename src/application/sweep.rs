@@ -297,7 +297,6 @@ async fn post_digests(ctx: &AlertContext, summary: &SweepSummary, first: Vec<Cla
     }
 }
 
-/// Once per sweep: accounts named channels (`alert_channels`) that are not configured.
 /// Once per sweep (SPEC §2): accounts whose currency has no default threshold and that have
 /// none of their own are never alerted; the operator is told which currencies and how many.
 fn warn_without_threshold(counts: &AccountCounts) {
@@ -315,6 +314,7 @@ fn warn_without_threshold(counts: &AccountCounts) {
     }
 }
 
+/// Once per sweep: accounts named channels (`alert_channels`) that are not configured.
 fn warn_unconfigured(names: &BTreeSet<String>) {
     if !names.is_empty() {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();

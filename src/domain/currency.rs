@@ -134,7 +134,7 @@ impl Thresholds {
     }
 
     /// The ISO 4217 codes whose minor digits differ from the default currency's, by digits:
-    /// the candidate query rescales `alert.rearm_margin` for them.
+    /// the `once` recovery query rescales `alert.rearm_margin` for them.
     pub fn other_digits(&self) -> BTreeMap<u32, Vec<&'static str>> {
         use iso_currency::IntoEnumIterator;
         let mut by_digits: BTreeMap<u32, Vec<&'static str>> = BTreeMap::new();
