@@ -317,12 +317,11 @@ impl Basis {
         };
         let s = &account.settings;
         let threshold = account.effective_threshold(thresholds);
-        let margin = thresholds.margin_for(account, config.rules.rearm_margin);
-        let rearm_at = threshold
-            .and_then(|t| t.minor().checked_add(margin.minor()))
+        let rearm_at = account
+            .rearm_at(thresholds, config.rules.rearm_margin)
             .map_or_else(
                 || "an unreachable amount".to_owned(),
-                |minor| currency.format(Money::from_minor(minor)),
+                |rearm| currency.format(rearm),
             );
         let code = s.currency.as_deref();
         Self {

@@ -103,7 +103,7 @@ impl SweepSummary {
         let below_threshold = counts.below_threshold;
         Self {
             below_threshold,
-            without_threshold: counts.without_threshold.iter().map(|(_, n)| n).sum(),
+            without_threshold: counts.without_threshold_total(),
             eligible,
             sent: delivered.sent,
             failed: delivered.unsuccessful(),
@@ -261,9 +261,6 @@ impl BulkBalanceAlert {
     }
 }
 
-/// Claims kept for the digest message.
-const DIGEST_FIRST: usize = 5;
-
 /// Tells the operations channels (Slack in digest mode) what a sweep that attempted
 /// deliveries did. A failure is logged and changes nothing else: not the summary, not the
 /// exit code, not a customer's alert.
@@ -307,7 +304,7 @@ fn warn_without_threshold(counts: &AccountCounts) {
             .map(|(code, n)| format!("{code}={n}"))
             .collect();
         tracing::warn!(
-            accounts = counts.without_threshold.iter().map(|(_, n)| n).sum::<u64>(),
+            accounts = counts.without_threshold_total(),
             by_currency = by_currency.join(","),
             "Accounts in a currency without a default threshold (alert.thresholds.<CODE>) and without their own alert_threshold_minor are never alerted."
         );
@@ -339,7 +336,7 @@ fn take_claims(
             claimed.tally.add(&batch.tally);
             claimed.expired += batch.expired.len() as u64;
             claimed.unconfigured.extend(batch.unconfigured);
-            let room = DIGEST_FIRST.saturating_sub(claimed.first.len());
+            let room = SweepDigest::FIRST.saturating_sub(claimed.first.len());
             claimed
                 .first
                 .extend(batch.claims.iter().take(room).cloned());

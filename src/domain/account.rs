@@ -105,13 +105,22 @@ impl Account {
     /// close to the largest amount that the sum overflows cannot be reached). An account
     /// left without any threshold is below nothing: recovered.
     pub fn has_recovered(&self, thresholds: &Thresholds, margin: Money) -> bool {
-        self.effective_threshold(thresholds)
-            .is_none_or(|threshold| {
-                threshold
-                    .minor()
-                    .checked_add(thresholds.margin_for(self, margin).minor())
-                    .is_some_and(|rearm| self.balance.minor() >= rearm)
-            })
+        self.effective_threshold(thresholds).is_none()
+            || self
+                .rearm_at(thresholds, margin)
+                .is_some_and(|rearm| self.balance >= rearm)
+    }
+
+    /// `once`: the balance that re-arms the account, its threshold plus `margin` (an amount
+    /// in the default currency, see [`Thresholds::margin_for`]); `None` without a threshold
+    /// or when the sum overflows.
+    pub fn rearm_at(&self, thresholds: &Thresholds, margin: Money) -> Option<Money> {
+        let threshold = self.effective_threshold(thresholds)?;
+        let margin = thresholds.margin_for(self, margin);
+        threshold
+            .minor()
+            .checked_add(margin.minor())
+            .map(Money::from_minor)
     }
 
     /// Strictly below: a balance equal to the threshold raises no alert, and an account

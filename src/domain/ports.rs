@@ -65,6 +65,13 @@ pub struct AccountCounts {
     pub without_threshold: Vec<(String, u64)>,
 }
 
+impl AccountCounts {
+    /// Accounts without any threshold, all currencies together.
+    pub fn without_threshold_total(&self) -> u64 {
+        self.without_threshold.iter().map(|(_, n)| n).sum()
+    }
+}
+
 /// Accounts and their alert log.
 #[async_trait]
 pub trait AlertStore: Send + Sync {
@@ -172,8 +179,13 @@ pub struct SweepDigest {
     pub sent: u64,
     pub failed: u64,
     pub deferred: u64,
-    /// The first few deliveries attempted, in claim order.
+    /// The first deliveries attempted (at most [`SweepDigest::FIRST`]), in claim order.
     pub first: Vec<Claim>,
+}
+
+impl SweepDigest {
+    /// Deliveries a digest names one by one.
+    pub const FIRST: usize = 5;
 }
 
 /// An operations channel told once per sweep that attempted deliveries — never once per

@@ -54,6 +54,7 @@ fn margin(rules: &AlertRules) -> SimpleExpr {
 /// reached anyway. An account left without any threshold is recovered.
 fn recovered(rules: &AlertRules) -> SimpleExpr {
     use accounts::Column as A;
+    let margin = margin(rules);
     let threshold = || {
         let parts: [SimpleExpr; 2] = [
             Expr::col((accounts::Entity, A::AlertThresholdMinor)),
@@ -63,10 +64,10 @@ fn recovered(rules: &AlertRules) -> SimpleExpr {
     };
     Expr::case(threshold().is_null(), Expr::val(true))
         .case(
-            threshold().gt(Expr::val(i64::MAX).sub(margin(rules))),
+            threshold().gt(Expr::val(i64::MAX).sub(margin.clone())),
             Expr::val(false),
         )
-        .finally(Expr::col((accounts::Entity, A::BalanceMinor)).gte(threshold().add(margin(rules))))
+        .finally(Expr::col((accounts::Entity, A::BalanceMinor)).gte(threshold().add(margin)))
         .into()
 }
 

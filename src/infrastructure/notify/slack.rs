@@ -86,9 +86,6 @@ impl Channel for SlackChannel {
     }
 }
 
-/// Alerts named in a digest message.
-const DIGEST_FIRST: usize = 5;
-
 /// Slack in digest mode: one message per sweep (counts and the first few alerts).
 pub struct SlackDigest {
     client: reqwest::Client,
@@ -118,7 +115,7 @@ impl SlackDigest {
             d.failed,
             d.deferred
         );
-        for claim in d.first.iter().take(DIGEST_FIRST) {
+        for claim in &d.first {
             text.push_str(&format!(
                 "\n• {} ({}) on {}: {} < {}",
                 escape(claim.account.display_name()),
@@ -128,7 +125,7 @@ impl SlackDigest {
                 claim.currency.format(claim.threshold)
             ));
         }
-        let more = (d.sent + d.failed).saturating_sub(d.first.len().min(DIGEST_FIRST) as u64);
+        let more = (d.sent + d.failed).saturating_sub(d.first.len() as u64);
         if more > 0 {
             text.push_str(&format!("\n… and {more} more."));
         }
