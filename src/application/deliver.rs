@@ -116,6 +116,7 @@ pub async fn deliver(
     let recorder = tokio::spawn(record_as_they_come(
         ctx.clone(),
         lease.clone(),
+        permits.clone(),
         to_record,
         recorder_failed.clone(),
         keep_outcomes,
@@ -171,6 +172,7 @@ struct Completed {
 async fn record_as_they_come(
     ctx: AlertContext,
     lease: Arc<Lease>,
+    permits: Arc<Semaphore>,
     mut to_record: mpsc::Receiver<Completed>,
     failed: CancellationToken,
     keep_outcomes: bool,
@@ -179,6 +181,7 @@ async fn record_as_they_come(
     let (mut tally, mut kept) = (DeliveryTally::default(), Vec::new());
     let mut batch = Vec::with_capacity(limit);
     while to_record.recv_many(&mut batch, limit).await > 0 {
+        fill(&mut batch, &mut to_record, &permits, limit).await;
         let outcomes: Vec<Outcome> = batch.iter().map(|c| c.outcome.clone()).collect();
         let entries: Vec<AuditEntry> = batch.iter().map(|c| c.audit.clone()).collect();
         // The audit lines are queued while the database runs the batch's UPDATE: join polls
@@ -216,6 +219,33 @@ async fn record_as_they_come(
         batch.clear();
     }
     Ok((tally, kept))
+}
+
+/// Scheduler passes a batch waits for deliveries still running before it is recorded.
+const FILL_PASSES: usize = 4;
+
+/// Lets deliveries that are still running complete into `batch` for a few scheduler passes:
+/// the permits of the batch recorded last were released only when it was, so without this
+/// every other batch would hold only the deliveries that finished meanwhile.
+async fn fill(
+    batch: &mut Vec<Completed>,
+    to_record: &mut mpsc::Receiver<Completed>,
+    permits: &Semaphore,
+    limit: usize,
+) {
+    for _ in 0..FILL_PASSES {
+        let held = limit.saturating_sub(permits.available_permits());
+        if batch.len() >= limit || held <= batch.len() {
+            return;
+        }
+        tokio::task::yield_now().await;
+        while batch.len() < limit {
+            match to_record.try_recv() {
+                Ok(completed) => batch.push(completed),
+                Err(_) => break,
+            }
+        }
+    }
 }
 
 /// Delivers one claim; `None` when its lease no longer allows an attempt (left `pending`:
