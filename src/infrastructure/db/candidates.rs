@@ -144,36 +144,52 @@ fn claimable_somewhere(
 /// Two scans rather than one with `OR`: with the `OR`, PostgreSQL no longer scans the
 /// covering index alone but fetches every account's row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Part {
+pub(super) enum Part {
     DefaultThreshold,
     OwnThreshold,
 }
 
 impl Part {
+    pub(super) const FIRST: Self = Self::DefaultThreshold;
+
     fn below(self, thresholds: &Thresholds) -> Condition {
         match self {
             Self::DefaultThreshold => on_default_threshold(thresholds),
             Self::OwnThreshold => below_own_threshold(),
         }
     }
+
+    pub(super) fn next(self) -> Option<Self> {
+        match self {
+            Self::DefaultThreshold => Some(Self::OwnThreshold),
+            Self::OwnThreshold => None,
+        }
+    }
 }
 
-/// One page of candidates: the accounts matching [`Page::filter`] when it was listed.
+/// One page of candidates, in account-id order after `after`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Page {
-    part: Part,
+    pub(super) part: Part,
     /// Exclusive lower bound (the previous page's last id).
     after: Option<String>,
-    /// Inclusive upper bound.
-    last: String,
-    /// How many accounts matched when listed: those the claim no longer finds changed or were
-    /// deleted meanwhile, or (PostgreSQL) are locked by another claimer.
-    pub(super) listed: u64,
+    pub(super) end: PageEnd,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum PageEnd {
+    /// Listed without locks: the accounts up to `last` (inclusive), `listed` of them then;
+    /// those the claim no longer finds changed or were deleted meanwhile, or (PostgreSQL) are
+    /// locked by another claimer.
+    Listed { last: String, listed: u64 },
+    /// Not listed: the next `limit` candidates, listed by the claim under its lock (SQLite,
+    /// whose write lock excludes every other writer: one scan of the index, not two).
+    Open { limit: u64 },
 }
 
 impl Page {
     /// The page's accounts that are still candidates: below their threshold, claimable on a
-    /// channel with `cutoffs`, in the page's id range.
+    /// channel with `cutoffs`, in the page's id range. An open page's reader adds its limit.
     pub(super) fn filter(
         &self,
         rules: &AlertRules,
@@ -189,12 +205,49 @@ impl Page {
                 cutoffs,
                 &rules.policy,
                 dialect,
-            ))
-            .add(A::Id.lte(self.last.as_str()));
+            ));
+        if let PageEnd::Listed { last, .. } = &self.end {
+            filter = filter.add(A::Id.lte(last.as_str()));
+        }
         if let Some(after) = &self.after {
             filter = filter.add(A::Id.gt(after.as_str()));
         }
         filter
+    }
+
+    /// The page after this one, given the accounts its claim read (how many, the last id):
+    /// an open page, or `None` when this one ended its part.
+    pub(super) fn following(
+        &self,
+        read: u64,
+        last_read: Option<&str>,
+        page_size: u64,
+    ) -> Option<Self> {
+        let (full, last) = match &self.end {
+            PageEnd::Listed { last, listed } => (*listed >= page_size, Some(last.as_str())),
+            PageEnd::Open { limit } => (read >= *limit, last_read),
+        };
+        let last = last.filter(|_| full)?;
+        Some(Self {
+            part: self.part,
+            after: Some(last.to_owned()),
+            end: PageEnd::Open { limit: page_size },
+        })
+    }
+
+    /// Accounts listed but not found by the claim.
+    pub(super) fn changed(&self, read: u64) -> u64 {
+        match self.end {
+            PageEnd::Listed { listed, .. } => listed.saturating_sub(read),
+            PageEnd::Open { .. } => 0,
+        }
+    }
+
+    pub(super) fn limit(&self) -> Option<u64> {
+        match self.end {
+            PageEnd::Listed { .. } => None,
+            PageEnd::Open { limit } => Some(limit),
+        }
     }
 }
 
@@ -208,7 +261,7 @@ pub(super) struct Listing {
 }
 
 /// Lists the next page after `after`: its size and last id, or `None` past the end.
-async fn next_page(
+pub(super) async fn next_page(
     conns: &Conns,
     listing: &Listing,
     part: Part,
@@ -245,8 +298,10 @@ async fn next_page(
     Ok(last.map(|last| Page {
         part,
         after,
-        last,
-        listed: u64::try_from(listed).unwrap_or_default(),
+        end: PageEnd::Listed {
+            last,
+            listed: u64::try_from(listed).unwrap_or_default(),
+        },
     }))
 }
 
@@ -258,7 +313,7 @@ pub(super) fn pages(
 ) -> BoxStream<'static, Result<Page, StoreError>> {
     let page_size = u64::from(Ord::max(listing.page_size, 1));
     let listing = Arc::new(listing);
-    let start = Some((Part::DefaultThreshold, None::<String>));
+    let start = Some((Part::FIRST, None::<String>));
     let mut scan = stream::try_unfold(start, move |mut scan| {
         let (conns, listing) = (conns.clone(), listing.clone());
         async move {
@@ -266,18 +321,16 @@ pub(super) fn pages(
                 let page = next_page(&conns, &listing, part, after)
                     .await
                     .map_err(conns.err("cannot read accounts"))?;
-                let next_part = match part {
-                    Part::DefaultThreshold => Some((Part::OwnThreshold, None)),
-                    Part::OwnThreshold => None,
-                };
+                let next_part = part.next().map(|part| (part, None));
                 let Some(page) = page else {
                     scan = next_part;
                     continue;
                 };
-                scan = if page.listed >= page_size {
-                    Some((part, Some(page.last.clone())))
-                } else {
-                    next_part
+                scan = match &page.end {
+                    PageEnd::Listed { last, listed } if *listed >= page_size => {
+                        Some((part, Some(last.clone())))
+                    }
+                    _ => next_part,
                 };
                 return Ok(Some((page, scan)));
             }

@@ -62,13 +62,18 @@ pub(super) struct ClaimTxn<'a> {
     pub(super) keep_decisions: bool,
 }
 
+/// What one claim transaction did.
+pub(super) struct Claimed {
+    pub(super) batch: ClaimBatch,
+    /// How many accounts it read under the lock, and the last of their ids (where the next
+    /// open page starts).
+    pub(super) read: u64,
+    pub(super) last: Option<String>,
+}
+
 impl ClaimTxn<'_> {
     /// Claims for the accounts of `scope` and commits.
-    pub(super) async fn run(
-        &self,
-        conns: &Conns,
-        scope: Scope<'_>,
-    ) -> Result<ClaimBatch, StoreError> {
+    pub(super) async fn run(&self, conns: &Conns, scope: Scope<'_>) -> Result<Claimed, StoreError> {
         let cutoffs = self.rules.cutoffs(self.now);
         let txn = conns.begin_write().await?;
         let (accounts, locked, gone, changed) = match scope {
@@ -83,17 +88,22 @@ impl ClaimTxn<'_> {
             }
             Scope::Page(page) => {
                 let filter = page.filter(self.rules, self.channels, &cutoffs, conns.dialect);
-                let select = self
+                let mut select = self
                     .select()
                     .filter(filter)
                     .order_by_asc(accounts::Column::Id);
+                if let Some(limit) = page.limit() {
+                    select = select.limit(limit);
+                }
                 let accounts = read(&txn, conns.dialect.lock_rows(select, self.wait))
                     .await
                     .map_err(conns.err("cannot lock accounts"))?;
-                let changed = page.listed.saturating_sub(accounts.len() as u64);
+                let changed = page.changed(accounts.len() as u64);
                 (accounts, 0, 0, changed)
             }
         };
+        let read = accounts.len() as u64;
+        let last = accounts.last().map(|a| a.id.as_str().to_owned());
         let records = alerts_deciding(&txn, &accounts, self.rules, &cutoffs)
             .await
             .map_err(conns.err("cannot read alert_logs"))?;
@@ -127,13 +137,14 @@ impl ClaimTxn<'_> {
         );
         plan.expire
             .retain(|c| expired.contains(c.alert_id.as_str()));
-        Ok(ClaimBatch {
+        let batch = ClaimBatch {
             claims,
             expired: plan.expire,
             tally: plan.tally,
             decisions: plan.decisions,
             unconfigured: plan.unconfigured,
-        })
+        };
+        Ok(Claimed { batch, read, last })
     }
 }
 
@@ -147,9 +158,12 @@ pub(super) async fn preview(
     page: &Page,
 ) -> Result<ClaimBatch, StoreError> {
     let cutoffs = rules.cutoffs(now);
-    let select = account_columns()
+    let mut select = account_columns()
         .filter(page.filter(rules, channels, &cutoffs, conns.dialect))
         .order_by_asc(accounts::Column::Id);
+    if let Some(limit) = page.limit() {
+        select = select.limit(limit);
+    }
     let accounts = read(&conns.db, select)
         .await
         .map_err(conns.err("cannot read accounts"))?;
@@ -164,7 +178,7 @@ pub(super) async fn preview(
         &cutoffs,
         false,
     );
-    plan.tally.changed += page.listed.saturating_sub(accounts.len() as u64);
+    plan.tally.changed += page.changed(accounts.len() as u64);
     let mut claims = plan.new;
     claims.append(&mut plan.retries);
     Ok(ClaimBatch {

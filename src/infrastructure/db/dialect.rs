@@ -69,6 +69,14 @@ impl Dialect {
         }
     }
 
+    /// Whether a claim lists its page of candidates itself, under its lock: where one writer
+    /// excludes all others (SQLite), nothing can change between listing and locking, so the
+    /// index is scanned once instead of twice. A server lists pages ahead, without locks, for
+    /// claims running in parallel.
+    pub(super) fn lists_under_lock(self) -> bool {
+        self == Self::Sqlite
+    }
+
     /// An optimization fence on the candidate query's per-channel `NOT EXISTS`: PostgreSQL
     /// keeps it a per-account index probe (`OFFSET 0`) instead of a join it may plan as a
     /// nested loop over every claim while `alert_logs` has no statistics yet. SQLite plans the

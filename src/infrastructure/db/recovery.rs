@@ -78,7 +78,8 @@ pub(super) async fn resolve(
     now: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
     use alert_logs::Column as L;
-    // Exactly the predicate of `idx_alert_logs_unresolved`, then the account's recovery.
+    // Implies the predicate of `idx_alert_logs_unresolved` on both databases (migrations 8
+    // and 10), then the account's recovery.
     let mut due = Condition::all()
         .add(Expr::col(L::ResolvedAt).is_null())
         .add(Expr::col(L::Status).is_in([

@@ -17,9 +17,8 @@ use tracing::debug;
 
 use super::SQLITE_CHECKPOINT_WHEN_IDLE;
 use super::backlog;
-use super::candidates::Page;
-use super::candidates::{self, Listing};
-use super::claim::{self, ClaimTxn, Scope};
+use super::candidates::{self, Listing, Page, Part};
+use super::claim::{self, ClaimTxn, Claimed, Scope};
 use super::conn::Conns;
 use super::dialect::Dialect;
 use super::entities::accounts;
@@ -135,43 +134,25 @@ impl AlertStore for SeaOrmStore {
         request: SweepClaims,
         clock: Arc<dyn Clock>,
     ) -> BoxStream<'static, Result<ClaimBatch, StoreError>> {
-        let pages = candidates::pages(
-            self.conns.clone(),
-            Listing {
-                thresholds: request.rules.thresholds.clone(),
-                policy: request.rules.policy,
-                channels: request.channels.clone(),
-                cutoffs: request.rules.cutoffs(clock.now()),
-                page_size: request.page_size,
-            },
-        );
+        let listing = Listing {
+            thresholds: request.rules.thresholds.clone(),
+            policy: request.rules.policy,
+            channels: request.channels.clone(),
+            cutoffs: request.rules.cutoffs(clock.now()),
+            page_size: request.page_size,
+        };
         let (conns, recorder) = (self.conns.clone(), self.recorder.clone());
         let request = Arc::new(request);
-        // Each claim is a task of its own, so its write transaction commits whatever the
-        // consumer is doing; `buffered` keeps them in page order.
-        let mut claimed = pages
-            .map(move |page| {
-                let (conns, request, clock) = (conns.clone(), request.clone(), clock.clone());
-                let recorder = recorder.clone();
-                let task = AbortOnDropHandle::new(tokio::spawn(async move {
-                    let page = page?;
-                    let claim = claim_page(&conns, &request, clock.now(), &page);
-                    recorder.taking_turns(claim).await
-                }));
-                async move {
-                    task.await.unwrap_or_else(|e| {
-                        Err(StoreError::Unexpected(anyhow::anyhow!(
-                            "claim task failed: {e}"
-                        )))
-                    })
-                }
-            })
-            .buffered(self.conns.dialect.parallel_claims())
-            .boxed();
+        let claims = if self.conns.dialect.lists_under_lock() {
+            claim_in_turn(conns, recorder, listing, request, clock)
+        } else {
+            claim_in_parallel(conns, recorder, listing, request, clock)
+        };
         // Claiming runs ahead of the deliveries (a batch waiting, the next ones being taken).
         let (tx, rx) = mpsc::channel(1);
+        let mut claims = claims;
         let producer = AbortOnDropHandle::new(tokio::spawn(async move {
-            while let Some(batch) = claimed.next().await {
+            while let Some(batch) = claims.next().await {
                 let failed = batch.is_err();
                 if tx.send(batch).await.is_err() || failed {
                     break;
@@ -240,7 +221,8 @@ impl AlertStore for SeaOrmStore {
         let batch = self
             .recorder
             .taking_turns(txn.run(&self.conns, Scope::Ids(&ids)))
-            .await?;
+            .await?
+            .batch;
         lease.hold(batch.claims.iter().map(|c| &c.alert_id), now);
         Ok(batch)
     }
@@ -268,6 +250,94 @@ impl AlertStore for SeaOrmStore {
     }
 }
 
+/// Pages listed without locks ahead of their claims, which run as tasks of their own, as many
+/// at once as the database has writers ([`Dialect::parallel_claims`]), in page order.
+fn claim_in_parallel(
+    conns: Arc<Conns>,
+    recorder: Arc<Recorder>,
+    listing: Listing,
+    request: Arc<SweepClaims>,
+    clock: Arc<dyn Clock>,
+) -> BoxStream<'static, Result<ClaimBatch, StoreError>> {
+    let parallel = conns.dialect.parallel_claims();
+    candidates::pages(conns.clone(), listing)
+        .map(move |page| {
+            let (conns, request, clock) = (conns.clone(), request.clone(), clock.clone());
+            let recorder = recorder.clone();
+            claim_task(async move {
+                let page = page?;
+                let claim = claim_page(&conns, &request, clock.now(), &page);
+                Ok(recorder.taking_turns(claim).await?.batch)
+            })
+        })
+        .buffered(parallel)
+        .boxed()
+}
+
+/// One claim after the other, each listing its page under its lock (SQLite). The first page
+/// of each part is listed without locks: a sweep with nothing to claim, the usual re-sweep,
+/// never takes the write lock an external writer may be waiting for.
+fn claim_in_turn(
+    conns: Arc<Conns>,
+    recorder: Arc<Recorder>,
+    listing: Listing,
+    request: Arc<SweepClaims>,
+    clock: Arc<dyn Clock>,
+) -> BoxStream<'static, Result<ClaimBatch, StoreError>> {
+    let page_size = u64::from(Ord::max(listing.page_size, 1));
+    let listing = Arc::new(listing);
+    let start = (Some(Part::FIRST), None::<Page>);
+    stream::try_unfold(start, move |(mut part, mut page)| {
+        let (conns, recorder) = (conns.clone(), recorder.clone());
+        let (listing, request, clock) = (listing.clone(), request.clone(), clock.clone());
+        async move {
+            let page = loop {
+                if let Some(page) = page.take() {
+                    break page;
+                }
+                let Some(current) = part else {
+                    return Ok(None);
+                };
+                page = candidates::next_page(&conns, &listing, current, None)
+                    .await
+                    .map_err(conns.err("cannot read accounts"))?;
+                if page.is_none() {
+                    part = current.next();
+                }
+            };
+            let claimed = claim_task({
+                let (conns, page) = (conns.clone(), page.clone());
+                async move {
+                    let claim = claim_page(&conns, &request, clock.now(), &page);
+                    recorder.taking_turns(claim).await
+                }
+            })
+            .await?;
+            let next = page.following(claimed.read, claimed.last.as_deref(), page_size);
+            if next.is_none() {
+                part = page.part.next();
+            }
+            Ok(Some((claimed.batch, (part, next))))
+        }
+    })
+    .boxed()
+}
+
+/// Runs a claim as a task of its own, so that its write transaction commits whatever the
+/// consumer is doing; dropping the future aborts it.
+fn claim_task<T: Send + 'static>(
+    claim: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> impl Future<Output = Result<T, StoreError>> {
+    let task = AbortOnDropHandle::new(tokio::spawn(claim));
+    async move {
+        task.await.unwrap_or_else(|e| {
+            Err(StoreError::Unexpected(anyhow::anyhow!(
+                "claim task failed: {e}"
+            )))
+        })
+    }
+}
+
 /// Claims one page of a sweep; the claims join the sweep's lease as soon as they are
 /// committed, so they are renewed while they wait for delivery.
 async fn claim_page(
@@ -275,7 +345,7 @@ async fn claim_page(
     request: &SweepClaims,
     now: DateTime<Utc>,
     page: &Page,
-) -> Result<ClaimBatch, StoreError> {
+) -> Result<Claimed, StoreError> {
     let txn = ClaimTxn {
         lease: request.lease.holder(),
         channels: &request.channels,
@@ -284,9 +354,9 @@ async fn claim_page(
         wait: false,
         keep_decisions: false,
     };
-    let batch = txn.run(conns, Scope::Page(page)).await?;
+    let claimed = txn.run(conns, Scope::Page(page)).await?;
     request
         .lease
-        .hold(batch.claims.iter().map(|c| &c.alert_id), now);
-    Ok(batch)
+        .hold(claimed.batch.claims.iter().map(|c| &c.alert_id), now);
+    Ok(claimed)
 }
