@@ -15,6 +15,7 @@ mod m20261201_000006_leases_and_failure_classes;
 mod m20261202_000007_audit_backlog;
 mod m20261202_000008_alert_policies;
 mod m20261202_000009_currency_thresholds;
+mod m20261202_000010_unresolved_before_outcome;
 
 /// Applies the migrations in order; `seaql_migrations` records what ran.
 pub struct Migrator;
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000007_audit_backlog::Migration),
             Box::new(m20261202_000008_alert_policies::Migration),
             Box::new(m20261202_000009_currency_thresholds::Migration),
+            Box::new(m20261202_000010_unresolved_before_outcome::Migration),
         ]
     }
 }
