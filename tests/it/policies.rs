@@ -2,17 +2,21 @@
 //! clock: what a customer whose balance dips, stays low, recovers and dips again receives.
 //! The clock starts at 2026-11-27 12:00 UTC (13:00 in Paris, 07:00 in New York).
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use balance_alertd::infrastructure::notify::ConsoleChannel;
 
 use balance_alertd::domain::{AccountId, Money, Policy};
 use sea_orm::Value;
 
-use crate::helpers::{Backend, HOUR, NewAccount, TestApp};
+use crate::helpers::{Backend, FlakyOut, HOUR, NewAccount, TestApp};
 use crate::on_both_backends;
 
 on_both_backends!(
     repeat_reminds_after_each_cooldown_while_below,
     once_alerts_once_per_dip_and_rearms_only_above_the_margin,
+    a_recovery_leaves_an_alert_not_yet_sent_to_be_sent_once,
     daily_alerts_once_per_local_calendar_day,
     daily_with_the_configured_time_zone_is_decided_in_sql_and_domain_alike,
     quiet_hours_defer_and_the_first_sweep_after_them_sends_with_the_balance_then,
@@ -104,6 +108,40 @@ async fn once_alerts_once_per_dip_and_rearms_only_above_the_margin(backend: Back
     assert_eq!(rows[1].balance_at_alert_minor, 3_000);
     app.clock.advance(MINUTE);
     assert_eq!(app.sweep().await.sent, 0, "and once only");
+}
+
+/// The recovery check reads `idx_alert_logs_unresolved`, which on SQLite holds every alert not
+/// resolved, from its claim on (migration 10): it must resolve only alerts sent or given up.
+/// A `retry` resolved by a recovery would, once sent, no longer block its dip.
+async fn a_recovery_leaves_an_alert_not_yet_sent_to_be_sent_once(backend: Backend) {
+    let Some(mut app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    app.rules.policy.policy = Policy::Once;
+    let id = low_account(&app).await;
+    let failing = Arc::new(Mutex::new(FlakyOut {
+        failures: 3, // every attempt of the sweep (max_attempts 3): a transient failure
+        inner: app.console.clone(),
+    }));
+    let s = sweep_with(app.context_with(vec![Arc::new(ConsoleChannel::new(failing))])).await;
+    assert_eq!((s.sent, s.failed), (0, 1));
+
+    balance(&app, &id, 9_000).await; // recovered while its alert waits to be retried
+    app.clock.advance(MINUTE);
+    app.sweep().await;
+    let rows = app.alert_rows(&id).await;
+    assert_eq!(rows[0].status.as_str(), "retry");
+    assert!(
+        rows[0].resolved_at.is_none(),
+        "only sent alerts are resolved"
+    );
+
+    balance(&app, &id, 4_000).await; // dips again: the waiting alert goes out
+    app.clock.advance(MINUTE);
+    assert_eq!(app.sweep().await.sent, 1);
+    app.clock.advance(MINUTE);
+    assert_eq!(app.sweep().await.sent, 0, "one alert for the dip");
+    assert_eq!(app.alert_rows(&id).await.len(), 1);
 }
 
 async fn daily_alerts_once_per_local_calendar_day(backend: Backend) {
