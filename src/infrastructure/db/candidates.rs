@@ -1,8 +1,9 @@
 //! The sweep's candidates: accounts below their threshold that are not blocked on every
-//! channel, in keyset pages of account ids. Listing a page is a read without locks that
-//! returns only its bounds and size; the claim reads the page's accounts under its lock (the
-//! same filter on the same id range) and decides on that. One read of each account's columns,
-//! not two: moving every listed row to the process twice cost more than the claim's writes.
+//! channel, in keyset pages of account ids. A page is either listed without locks — only its
+//! bounds and size; the claim reads its accounts under its lock (the same filter on the same
+//! id range) and decides on that — or open: the claim lists it under its lock (SQLite, where
+//! nothing can change in between; see [`PageEnd`]). One read of each account's columns, not
+//! two: moving every listed row to the process twice cost more than the claim's writes.
 
 use std::sync::Arc;
 

@@ -1,6 +1,7 @@
 //! [`AlertStore`] on SQLite or PostgreSQL through SeaORM: the port's verbs, and how they are
-//! run — candidate pages read ahead, claims taken in parallel where the database has more
-//! than one writer, outcomes recorded on a held connection, the WAL checkpointed when idle.
+//! run — candidate pages listed ahead and claimed in parallel where the database has more
+//! than one writer, listed by each claim under its lock where it has one, outcomes recorded
+//! on a held connection, the WAL checkpointed when idle.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
