@@ -107,3 +107,69 @@ async fn postgres_ids_compare_bytewise_and_the_migrations_roll_back() {
         .expect("every migration up again");
     assert_eq!(collations().await, BYTEWISE);
 }
+
+/// The demo's database: in memory, one connection, which the recorder keeps between outcome
+/// batches. A sweep over several pages of both parts (accounts on the default threshold,
+/// then those with their own) must not wait for that connection: listing the second part's
+/// first page without taking turns with the recorder waited for the pool until it timed out
+/// (a quarter of `demo` runs failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_on_a_one_connection_database_pages_through_both_parts() {
+    use std::sync::Arc;
+
+    use balance_alertd::application::sweep::BulkBalanceAlert;
+    use balance_alertd::application::{AlertContext, DeliveryPolicy};
+    use balance_alertd::domain::{AlertRules, Currency, Money, PolicyDefaults, Thresholds};
+    use balance_alertd::infrastructure::audit::NoAuditLog;
+    use balance_alertd::infrastructure::db::{self, SeaOrmStore};
+    use balance_alertd::infrastructure::notify::ConsoleChannel;
+
+    use crate::helpers::{Captured, FakeClock, HOUR};
+
+    let conn = db::connect_in_memory().await.expect("in-memory database");
+    Migrator::up(&conn, None).await.expect("migrate");
+    for i in 0..9 {
+        // Six on the default threshold (50.00), three below a threshold of their own.
+        let own = if i % 3 == 0 { "20000" } else { "NULL" };
+        let sql = format!(
+            "INSERT INTO accounts (id, owner_email, balance_minor, alert_threshold_minor) \
+             VALUES ('00000000-0000-4000-8000-00000000000{i}', 'o{i}@example.com', 1000, {own})"
+        );
+        conn.execute_unprepared(&sql).await.expect("insert account");
+    }
+    let console = Captured::default();
+    let ctx = AlertContext {
+        store: Arc::new(SeaOrmStore::new(conn, "sqlite::memory:")),
+        channels: vec![Arc::new(ConsoleChannel::new(console.out()))],
+        audit: Arc::new(NoAuditLog),
+        clock: Arc::new(FakeClock::new()),
+        rules: AlertRules {
+            thresholds: Thresholds::new(Currency::usd(), Money::from_minor(5_000)),
+            cooldown: 24 * HOUR,
+            claim_timeout: Duration::from_secs(300),
+            give_up_after: 24 * HOUR,
+            policy: PolicyDefaults::default(),
+            rearm_margin: Money::from_minor(0),
+        },
+        delivery: DeliveryPolicy {
+            max_attempts: 1,
+            timeout: Duration::from_secs(5),
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(5),
+            concurrency: 1,
+            batch_size: 2,
+            jitter_seed: Some(7),
+            limits: Default::default(),
+        },
+        digests: Vec::new(),
+    };
+    let summary = tokio::time::timeout(
+        Duration::from_secs(20),
+        BulkBalanceAlert::new(ctx).execute(),
+    )
+    .await
+    .expect("the sweep does not wait for the pool's only connection")
+    .expect("sweep");
+    assert_eq!(summary.sent, 9);
+    assert_eq!(console.lines().len(), 9);
+}

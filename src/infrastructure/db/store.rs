@@ -142,16 +142,19 @@ impl AlertStore for SeaOrmStore {
             cutoffs: request.rules.cutoffs(clock.now()),
             page_size: request.page_size,
         };
-        let (conns, recorder) = (self.conns.clone(), self.recorder.clone());
-        let request = Arc::new(request);
-        let claims = if self.conns.dialect.lists_under_lock() {
-            claim_in_turn(conns, recorder, listing, request, clock)
+        let sweep = Arc::new(SweepClaiming {
+            conns: self.conns.clone(),
+            recorder: self.recorder.clone(),
+            request: Arc::new(request),
+            clock,
+        });
+        let mut claims = if self.conns.dialect.lists_under_lock() {
+            sweep.in_turn(listing)
         } else {
-            claim_in_parallel(conns, recorder, listing, request, clock)
+            sweep.in_parallel(listing)
         };
         // Claiming runs ahead of the deliveries (a batch waiting, the next ones being taken).
         let (tx, rx) = mpsc::channel(1);
-        let mut claims = claims;
         let producer = AbortOnDropHandle::new(tokio::spawn(async move {
             while let Some(batch) = claims.next().await {
                 let failed = batch.is_err();
@@ -251,77 +254,83 @@ impl AlertStore for SeaOrmStore {
     }
 }
 
-/// Pages listed without locks ahead of their claims, which run as tasks of their own, as many
-/// at once as the database has writers ([`Dialect::parallel_claims`]), in page order.
-fn claim_in_parallel(
+/// What the claims of one sweep share.
+struct SweepClaiming {
     conns: Arc<Conns>,
     recorder: Arc<Recorder>,
-    listing: Listing,
     request: Arc<SweepClaims>,
     clock: Arc<dyn Clock>,
-) -> BoxStream<'static, Result<ClaimBatch, StoreError>> {
-    let parallel = conns.dialect.parallel_claims();
-    candidates::pages(conns.clone(), listing)
-        .map(move |page| {
-            let (conns, request, clock) = (conns.clone(), request.clone(), clock.clone());
-            let recorder = recorder.clone();
-            claim_task(async move {
-                let page = page?;
-                let claim = claim_page(&conns, &request, clock.now(), &page);
-                Ok(recorder.taking_turns(claim).await?.batch)
-            })
-        })
-        .buffered(parallel)
-        .boxed()
 }
 
-/// One claim after the other, each listing its page under its lock (SQLite). The first page
-/// of each part is listed without locks: a sweep with nothing to claim, the usual re-sweep,
-/// never takes the write lock an external writer may be waiting for.
-fn claim_in_turn(
-    conns: Arc<Conns>,
-    recorder: Arc<Recorder>,
-    listing: Listing,
-    request: Arc<SweepClaims>,
-    clock: Arc<dyn Clock>,
-) -> BoxStream<'static, Result<ClaimBatch, StoreError>> {
-    let page_size = u64::from(Ord::max(listing.page_size, 1));
-    let listing = Arc::new(listing);
-    let start = (Some(Part::FIRST), None::<Page>);
-    stream::try_unfold(start, move |(mut part, mut page)| {
-        let (conns, recorder) = (conns.clone(), recorder.clone());
-        let (listing, request, clock) = (listing.clone(), request.clone(), clock.clone());
-        async move {
-            let page = loop {
-                if let Some(page) = page.take() {
-                    break page;
-                }
-                let Some(current) = part else {
-                    return Ok(None);
-                };
-                page = candidates::next_page(&conns, &listing, current, None)
-                    .await
-                    .map_err(conns.err("cannot read accounts"))?;
-                if page.is_none() {
-                    part = current.next();
-                }
-            };
-            let claimed = claim_task({
-                let (conns, page) = (conns.clone(), page.clone());
-                async move {
-                    let claim = claim_page(&conns, &request, clock.now(), &page);
-                    recorder.taking_turns(claim).await
-                }
+impl SweepClaiming {
+    /// Claims `page` in a task of its own, taking turns with the recorder.
+    fn claim(self: &Arc<Self>, page: Page) -> impl Future<Output = Result<Claimed, StoreError>> {
+        let this = self.clone();
+        claim_task(async move {
+            let claim = claim_page(&this.conns, &this.request, this.clock.now(), &page);
+            this.recorder.taking_turns(claim).await
+        })
+    }
+
+    /// Pages listed without locks ahead of their claims, as many claimed at once as the
+    /// database has writers ([`Dialect::parallel_claims`]), in page order.
+    fn in_parallel(
+        self: Arc<Self>,
+        listing: Listing,
+    ) -> BoxStream<'static, Result<ClaimBatch, StoreError>> {
+        let parallel = self.conns.dialect.parallel_claims();
+        candidates::pages(self.conns.clone(), listing)
+            .map(move |page| {
+                let this = self.clone();
+                async move { Ok(this.claim(page?).await?.batch) }
             })
-            .await?;
-            let next = page.following(claimed.read, claimed.last.as_deref(), page_size);
-            if next.is_none() {
-                part = page.part.next();
+            .buffered(parallel)
+            .boxed()
+    }
+
+    /// One claim after the other, each listing its page under its lock (SQLite). The first
+    /// page of each part is listed without locks: a sweep with nothing to claim, the usual
+    /// re-sweep, never takes the write lock an external writer may be waiting for.
+    fn in_turn(
+        self: Arc<Self>,
+        listing: Listing,
+    ) -> BoxStream<'static, Result<ClaimBatch, StoreError>> {
+        let page_size = u64::from(Ord::max(listing.page_size, 1));
+        let listing = Arc::new(listing);
+        let start = (Some(Part::FIRST), None::<Page>);
+        stream::try_unfold(start, move |(mut part, mut page)| {
+            let (this, listing) = (self.clone(), listing.clone());
+            async move {
+                let page = loop {
+                    if let Some(page) = page.take() {
+                        break page;
+                    }
+                    let Some(current) = part else {
+                        return Ok(None);
+                    };
+                    // Taking turns: the recorder may hold the pool's only connection
+                    // (an in-memory database has one) until its next batch, which waits
+                    // for these claims.
+                    let first = candidates::next_page(&this.conns, &listing, current, None);
+                    page = this
+                        .recorder
+                        .taking_turns(first)
+                        .await
+                        .map_err(this.conns.err("cannot read accounts"))?;
+                    if page.is_none() {
+                        part = current.next();
+                    }
+                };
+                let claimed = this.claim(page.clone()).await?;
+                let next = page.following(claimed.read, claimed.last.as_deref(), page_size);
+                if next.is_none() {
+                    part = page.part.next();
+                }
+                Ok(Some((claimed.batch, (part, next))))
             }
-            Ok(Some((claimed.batch, (part, next))))
-        }
-    })
-    .boxed()
+        })
+        .boxed()
+    }
 }
 
 /// Runs a claim as a task of its own, so that its write transaction commits whatever the
