@@ -78,7 +78,7 @@ impl ClaimTxn<'_> {
         let txn = conns.begin_write().await?;
         let (accounts, locked, gone, changed) = match scope {
             Scope::Ids(ids) => {
-                let accounts = lock_and_read(&txn, conns, self.select(), ids, self.wait)
+                let accounts = lock_and_read(&txn, conns, account_columns(), ids, self.wait)
                     .await
                     .map_err(conns.err("cannot lock accounts"))?;
                 let (locked, gone) = missing(&txn, ids, &accounts)
@@ -87,14 +87,7 @@ impl ClaimTxn<'_> {
                 (accounts, locked, gone, 0)
             }
             Scope::Page(page) => {
-                let filter = page.filter(self.rules, self.channels, &cutoffs, conns.dialect);
-                let mut select = self
-                    .select()
-                    .filter(filter)
-                    .order_by_asc(accounts::Column::Id);
-                if let Some(limit) = page.limit() {
-                    select = select.limit(limit);
-                }
+                let select = page_accounts(page, self.rules, self.channels, &cutoffs, conns);
                 let accounts = read(&txn, conns.dialect.lock_rows(select, self.wait))
                     .await
                     .map_err(conns.err("cannot lock accounts"))?;
@@ -158,12 +151,7 @@ pub(super) async fn preview(
     page: &Page,
 ) -> Result<ClaimBatch, StoreError> {
     let cutoffs = rules.cutoffs(now);
-    let mut select = account_columns()
-        .filter(page.filter(rules, channels, &cutoffs, conns.dialect))
-        .order_by_asc(accounts::Column::Id);
-    if let Some(limit) = page.limit() {
-        select = select.limit(limit);
-    }
+    let select = page_accounts(page, rules, channels, &cutoffs, conns);
     let accounts = read(&conns.db, select)
         .await
         .map_err(conns.err("cannot read accounts"))?;
@@ -221,10 +209,20 @@ type AccountRow = (
     Option<String>,
 );
 
-impl ClaimTxn<'_> {
-    /// The account columns a claim decides on.
-    fn select(&self) -> sea_orm::Select<accounts::Entity> {
-        account_columns()
+/// The columns of a page's candidates, in id order (an open page: its first `limit`).
+fn page_accounts(
+    page: &Page,
+    rules: &AlertRules,
+    channels: &[ChannelName],
+    cutoffs: &Cutoffs,
+    conns: &Conns,
+) -> sea_orm::Select<accounts::Entity> {
+    let select = account_columns()
+        .filter(page.filter(rules, channels, cutoffs, conns.dialect))
+        .order_by_asc(accounts::Column::Id);
+    match page.limit() {
+        Some(limit) => select.limit(limit),
+        None => select,
     }
 }
 
