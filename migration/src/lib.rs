@@ -16,6 +16,7 @@ mod m20261202_000007_audit_backlog;
 mod m20261202_000008_alert_policies;
 mod m20261202_000009_currency_thresholds;
 mod m20261202_000010_unresolved_before_outcome;
+mod m20261202_000011_accounts_change_counter;
 
 /// Applies the migrations in order; `seaql_migrations` records what ran.
 pub struct Migrator;
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000008_alert_policies::Migration),
             Box::new(m20261202_000009_currency_thresholds::Migration),
             Box::new(m20261202_000010_unresolved_before_outcome::Migration),
+            Box::new(m20261202_000011_accounts_change_counter::Migration),
         ]
     }
 }

@@ -173,3 +173,56 @@ async fn a_sweep_on_a_one_connection_database_pages_through_both_parts() {
     assert_eq!(summary.sent, 9);
     assert_eq!(console.lines().len(), 9);
 }
+
+/// SQLite reads candidate pages ahead of the writer and decides on them under the write lock
+/// only if `accounts_changes` has not moved since (migration 11). The bank's own UPDATEs and
+/// DELETEs, from any client, must move it; INSERTs need not (a new account is not on a page
+/// read before it). The migration also rolls back and forth cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_counts_every_change_to_accounts_for_the_claims_read_ahead() {
+    let app = TestApp::spawn(Backend::Sqlite)
+        .await
+        .expect("SQLite test app");
+    let changes = || async {
+        app.count("SELECT changes AS n FROM accounts_changes WHERE id = 1")
+            .await
+    };
+    let start = changes().await;
+    let a = app
+        .insert_account(NewAccount::new("a@example.com", 1_000))
+        .await;
+    app.insert_account(NewAccount::new("b@example.com", 1_000))
+        .await;
+    assert_eq!(changes().await, start, "an INSERT is not counted");
+    app.exec(
+        "UPDATE accounts SET balance_minor = 999999 WHERE id = $1",
+        vec![a.as_str().into()],
+    )
+    .await;
+    assert_eq!(changes().await, start + 1, "an UPDATE is counted");
+    app.exec("UPDATE accounts SET owner_email = owner_email", vec![])
+        .await;
+    assert_eq!(changes().await, start + 3, "each updated row is counted");
+    app.exec(
+        "DELETE FROM accounts WHERE id = $1",
+        vec![a.as_str().into()],
+    )
+    .await;
+    assert_eq!(changes().await, start + 4, "a DELETE is counted");
+
+    Migrator::down(&app.conn, Some(1))
+        .await
+        .expect("migration 11 down");
+    app.exec("UPDATE accounts SET owner_email = owner_email", vec![])
+        .await;
+    Migrator::up(&app.conn, None)
+        .await
+        .expect("migration 11 up again");
+    app.exec("UPDATE accounts SET owner_email = owner_email", vec![])
+        .await;
+    assert_eq!(
+        changes().await,
+        1,
+        "the counter starts again, triggers in place"
+    );
+}

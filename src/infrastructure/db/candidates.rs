@@ -1,28 +1,23 @@
 //! The sweep's candidates: accounts below their threshold that are not blocked on every
-//! channel, in keyset pages of account ids. A page is either listed without locks — only its
-//! bounds and size; the claim reads its accounts under its lock (the same filter on the same
-//! id range) and decides on that — or open: the claim lists it under its lock (SQLite, where
-//! nothing can change in between; see [`PageEnd`]). One read of each account's columns, not
-//! two: moving every listed row to the process twice cost more than the claim's writes.
+//! channel, in keyset pages of account ids, listed without locks. The claim reads a page's
+//! accounts again under its lock and decides on that. On SQLite the listing reads the
+//! accounts themselves, with a count of the changes to `accounts` ([`ReadAhead`]): the
+//! single writer, which every claim and outcome waits for, then reads them again only if
+//! something changed — instead of scanning the accounts for every page itself.
 
-use std::sync::Arc;
-
-use futures::stream::{self, BoxStream, StreamExt};
 use sea_orm::sea_query::{Expr, ExprTrait, Func, Query};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, QueryTrait,
+    QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
 };
-use tokio::sync::mpsc;
-use tokio_util::task::AbortOnDropHandle;
 
 use super::conn::Conns;
-use super::convert::status_literal;
+use super::convert::{account_columns, read_accounts, status_literal};
 use super::dialect::Dialect;
 use super::entities::{accounts, alert_logs};
 use crate::domain::ports::{AccountCounts, StoreError};
 use crate::domain::{
-    AlertRules, AlertStatus, ChannelName, Cutoffs, Policy, PolicyDefaults, ThresholdGroup,
+    Account, AlertRules, AlertStatus, ChannelName, Cutoffs, Policy, PolicyDefaults, ThresholdGroup,
     Thresholds,
 };
 
@@ -168,29 +163,34 @@ impl Part {
     }
 }
 
-/// One page of candidates, in account-id order after `after`.
+/// One page of candidates, in account-id order: listed without locks, the claim reads its
+/// accounts again under its lock (the same filter on the same id range) and decides on that —
+/// unless the page was read ahead ([`ReadAhead`]) and nothing in `accounts` changed since.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Page {
     pub(super) part: Part,
     /// Exclusive lower bound (the previous page's last id).
     after: Option<String>,
-    pub(super) end: PageEnd,
+    /// Inclusive upper bound: the last account listed.
+    pub(super) last: String,
+    /// How many accounts were listed; those the claim no longer finds changed or were deleted
+    /// meanwhile, or (PostgreSQL) are locked by another claimer.
+    listed: u64,
+    pub(super) ahead: Option<ReadAhead>,
 }
 
+/// SQLite: the page's accounts as listed, and `accounts_changes.changes` read in the same
+/// read transaction (migration 11). A claim that reads the same count under the write lock
+/// decides on these rows: no account was updated or deleted in between.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum PageEnd {
-    /// Listed without locks: the accounts up to `last` (inclusive), `listed` of them then;
-    /// those the claim no longer finds changed or were deleted meanwhile, or (PostgreSQL) are
-    /// locked by another claimer.
-    Listed { last: String, listed: u64 },
-    /// Not listed: the next `limit` candidates, listed by the claim under its lock (SQLite,
-    /// whose write lock excludes every other writer: one scan of the index, not two).
-    Open { limit: u64 },
+pub(super) struct ReadAhead {
+    pub(super) accounts: Vec<Account>,
+    pub(super) changes: i64,
 }
 
 impl Page {
     /// The page's accounts that are still candidates: below their threshold, claimable on a
-    /// channel with `cutoffs`, in the page's id range. An open page's reader adds its limit.
+    /// channel with `cutoffs`, in the page's id range.
     pub(super) fn filter(
         &self,
         rules: &AlertRules,
@@ -198,57 +198,49 @@ impl Page {
         cutoffs: &Cutoffs,
         dialect: Dialect,
     ) -> Condition {
-        use accounts::Column as A;
-        let mut filter = Condition::all()
-            .add(self.part.below(&rules.thresholds))
-            .add(claimable_somewhere(
-                channels,
-                cutoffs,
-                &rules.policy,
-                dialect,
-            ));
-        if let PageEnd::Listed { last, .. } = &self.end {
-            filter = filter.add(A::Id.lte(last.as_str()));
-        }
-        if let Some(after) = &self.after {
-            filter = filter.add(A::Id.gt(after.as_str()));
-        }
-        filter
+        candidates(
+            &rules.thresholds,
+            channels,
+            cutoffs,
+            &rules.policy,
+            dialect,
+            self.part,
+        )
+        .add(after(self.after.as_deref()))
+        .add(accounts::Column::Id.lte(self.last.as_str()))
     }
 
-    /// The page after this one, given the accounts its claim read (how many, the last id):
-    /// an open page, or `None` when this one ended its part.
-    pub(super) fn following(
-        &self,
-        read: u64,
-        last_read: Option<&str>,
-        page_size: u64,
-    ) -> Option<Self> {
-        let (full, last) = match &self.end {
-            PageEnd::Listed { last, listed } => (*listed >= page_size, Some(last.as_str())),
-            PageEnd::Open { limit } => (read >= *limit, last_read),
-        };
-        let last = last.filter(|_| full)?;
-        Some(Self {
-            part: self.part,
-            after: Some(last.to_owned()),
-            end: PageEnd::Open { limit: page_size },
-        })
+    /// Whether the page was full, so that another may follow it in its part.
+    pub(super) fn full(&self, page_size: u32) -> bool {
+        self.listed >= u64::from(Ord::max(page_size, 1))
     }
 
     /// Accounts listed but not found by the claim.
     pub(super) fn changed(&self, read: u64) -> u64 {
-        match self.end {
-            PageEnd::Listed { listed, .. } => listed.saturating_sub(read),
-            PageEnd::Open { .. } => 0,
-        }
+        self.listed.saturating_sub(read)
     }
+}
 
-    pub(super) fn limit(&self) -> Option<u64> {
-        match self.end {
-            PageEnd::Listed { .. } => None,
-            PageEnd::Open { limit } => Some(limit),
-        }
+/// Accounts of `part` that are candidates with these cut-offs.
+fn candidates(
+    thresholds: &Thresholds,
+    channels: &[ChannelName],
+    cutoffs: &Cutoffs,
+    defaults: &PolicyDefaults,
+    dialect: Dialect,
+    part: Part,
+) -> Condition {
+    Condition::all()
+        .add(part.below(thresholds))
+        .add(claimable_somewhere(channels, cutoffs, defaults, dialect))
+}
+
+/// `id > after`, or everything.
+fn after(after: Option<&str>) -> Condition {
+    let all = Condition::all();
+    match after {
+        Some(id) => all.add(accounts::Column::Id.gt(id)),
+        None => all,
     }
 }
 
@@ -261,97 +253,86 @@ pub(super) struct Listing {
     pub(super) page_size: u32,
 }
 
-/// Lists the next page after `after`: its size and last id, or `None` past the end.
+/// Lists the next page of `part` after `after`, or `None` past its end. Where the claims
+/// have one writer to share ([`Dialect::reads_pages_ahead`]), the page's accounts are read
+/// with it; otherwise only its size and last id.
 pub(super) async fn next_page(
     conns: &Conns,
     listing: &Listing,
     part: Part,
-    after: Option<String>,
+    after_id: Option<String>,
 ) -> Result<Option<Page>, DbErr> {
     use accounts::Column as A;
-    let mut select = accounts::Entity::find()
+    let filter = candidates(
+        &listing.thresholds,
+        &listing.channels,
+        &listing.cutoffs,
+        &listing.policy,
+        conns.dialect,
+        part,
+    )
+    .add(after(after_id.as_deref()));
+    let limit = u64::from(Ord::max(listing.page_size, 1));
+    let page = |last, listed, ahead| Page {
+        part,
+        after: after_id.clone(),
+        last,
+        listed,
+        ahead,
+    };
+    if conns.dialect.reads_pages_ahead() {
+        let select = account_columns()
+            .filter(filter)
+            .order_by_asc(A::Id)
+            .limit(limit);
+        // One read transaction: the count and the rows from the same snapshot.
+        let txn = conns.db.begin().await?;
+        let changes = accounts_changes(&txn).await?;
+        let accounts = read_accounts(&txn, select).await?;
+        txn.commit().await?;
+        let Some(last) = accounts.last().map(|a| a.id.as_str().to_owned()) else {
+            return Ok(None);
+        };
+        let listed = accounts.len() as u64;
+        return Ok(Some(page(
+            last,
+            listed,
+            Some(ReadAhead { accounts, changes }),
+        )));
+    }
+    let ids = accounts::Entity::find()
         .select_only()
         .column(A::Id)
-        .filter(part.below(&listing.thresholds))
-        .filter(claimable_somewhere(
-            &listing.channels,
-            &listing.cutoffs,
-            &listing.policy,
-            conns.dialect,
-        ));
-    if let Some(id) = &after {
-        select = select.filter(A::Id.gt(id.as_str()));
-    }
-    let page = select
+        .filter(filter)
         .order_by_asc(A::Id)
-        .limit(u64::from(Ord::max(listing.page_size, 1)))
+        .limit(limit)
         .into_query();
     let bounds = Query::select()
         .expr(Func::count(Expr::col(A::Id)))
         .expr(Func::max(Expr::col(A::Id)))
-        .from_subquery(page, "page")
+        .from_subquery(ids, "page")
         .to_owned();
     let row = conns.db.query_one(&bounds).await?;
     let (listed, last): (i64, Option<String>) = match row {
         Some(row) => (row.try_get_by_index(0)?, row.try_get_by_index(1)?),
         None => (0, None),
     };
-    Ok(last.map(|last| Page {
-        part,
-        after,
-        end: PageEnd::Listed {
-            last,
-            listed: u64::try_from(listed).unwrap_or_default(),
-        },
-    }))
+    let listed = u64::try_from(listed).unwrap_or_default();
+    Ok(last.map(|last| page(last, listed, None)))
 }
 
-/// The candidate pages, each a disjoint range of account ids, read one page ahead of the
-/// consumer (a task of its own); dropping the stream stops the reading.
-pub(super) fn pages(
-    conns: Arc<Conns>,
-    listing: Listing,
-) -> BoxStream<'static, Result<Page, StoreError>> {
-    let page_size = u64::from(Ord::max(listing.page_size, 1));
-    let listing = Arc::new(listing);
-    let start = Some((Part::FIRST, None::<String>));
-    let mut scan = stream::try_unfold(start, move |mut scan| {
-        let (conns, listing) = (conns.clone(), listing.clone());
-        async move {
-            while let Some((part, after)) = scan {
-                let page = next_page(&conns, &listing, part, after)
-                    .await
-                    .map_err(conns.err("cannot read accounts"))?;
-                let next_part = part.next().map(|part| (part, None));
-                let Some(page) = page else {
-                    scan = next_part;
-                    continue;
-                };
-                scan = match &page.end {
-                    PageEnd::Listed { last, listed } if *listed >= page_size => {
-                        Some((part, Some(last.clone())))
-                    }
-                    _ => next_part,
-                };
-                return Ok(Some((page, scan)));
-            }
-            Ok(None)
-        }
-    })
-    .boxed();
-    let (tx, rx) = mpsc::channel(1);
-    let reader = AbortOnDropHandle::new(tokio::spawn(async move {
-        while let Some(page) = scan.next().await {
-            let failed = page.is_err();
-            if tx.send(page).await.is_err() || failed {
-                break;
-            }
-        }
-    }));
-    stream::unfold((rx, reader), |(mut rx, reader)| async move {
-        rx.recv().await.map(|page| (page, (rx, reader)))
-    })
-    .boxed()
+/// SQLite: how many times `accounts` rows were updated or deleted (migration 11).
+pub(super) async fn accounts_changes<C: ConnectionTrait>(db: &C) -> Result<i64, DbErr> {
+    let count = Query::select()
+        .column("changes")
+        .from("accounts_changes")
+        .and_where(Expr::col("id").eq(1))
+        .to_owned();
+    let row = db
+        .query_one(&count)
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("accounts_changes has no row 1".into()))?;
+    row.try_get_by_index(0)
 }
 
 /// How many accounts are below their effective threshold, and how many (per currency) have

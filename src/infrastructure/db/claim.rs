@@ -21,15 +21,15 @@ use sea_orm::{
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
-use super::candidates::Page;
+use super::candidates::{Page, ReadAhead, accounts_changes};
 use super::conn::Conns;
-use super::convert::{is_open, status_literal, to_records};
+use super::convert::{account_columns, is_open, read_accounts, status_literal, to_records};
 use super::entities::{accounts, alert_logs};
 use crate::domain::alert::before;
 use crate::domain::ports::{ClaimBatch, StoreError};
 use crate::domain::{
-    Account, AccountId, AlertId, AlertRules, AlertStatus, ChannelName, Claim, Cutoffs, LeaseHolder,
-    Money, Policy, plan_claims,
+    Account, AlertId, AlertRules, AlertStatus, ChannelName, Claim, Cutoffs, LeaseHolder, Policy,
+    plan_claims,
 };
 
 /// Ids per `IN (...)` list: far below SQLite's 32,766 and PostgreSQL's 65,535 bind limits.
@@ -47,8 +47,9 @@ use alert_logs::Column as L;
 pub(super) enum Scope<'a> {
     /// These accounts, by id (a check).
     Ids(&'a [String]),
-    /// A sweep's page of candidates, read again under the lock.
-    Page(&'a Page),
+    /// A sweep's page of candidates, read again under the lock unless it was read ahead and
+    /// `accounts` has not changed since.
+    Page(Page),
 }
 
 /// One claim transaction.
@@ -62,18 +63,13 @@ pub(super) struct ClaimTxn<'a> {
     pub(super) keep_decisions: bool,
 }
 
-/// What one claim transaction did.
-pub(super) struct Claimed {
-    pub(super) batch: ClaimBatch,
-    /// How many accounts it read under the lock, and the last of their ids (where the next
-    /// open page starts).
-    pub(super) read: u64,
-    pub(super) last: Option<String>,
-}
-
 impl ClaimTxn<'_> {
     /// Claims for the accounts of `scope` and commits.
-    pub(super) async fn run(&self, conns: &Conns, scope: Scope<'_>) -> Result<Claimed, StoreError> {
+    pub(super) async fn run(
+        &self,
+        conns: &Conns,
+        scope: Scope<'_>,
+    ) -> Result<ClaimBatch, StoreError> {
         let cutoffs = self.rules.cutoffs(self.now);
         let txn = conns.begin_write().await?;
         let (accounts, locked, gone, changed) = match scope {
@@ -86,17 +82,27 @@ impl ClaimTxn<'_> {
                     .map_err(conns.err("cannot read accounts"))?;
                 (accounts, locked, gone, 0)
             }
-            Scope::Page(page) => {
-                let select = page_accounts(page, self.rules, self.channels, &cutoffs, conns);
-                let accounts = read(&txn, conns.dialect.lock_rows(select, self.wait))
-                    .await
-                    .map_err(conns.err("cannot lock accounts"))?;
+            Scope::Page(mut page) => {
+                let accounts = match page.ahead.take() {
+                    Some(ahead)
+                        if unchanged(&txn, &ahead)
+                            .await
+                            .map_err(conns.err("cannot read accounts_changes"))? =>
+                    {
+                        ahead.accounts
+                    }
+                    _ => {
+                        let select =
+                            page_accounts(&page, self.rules, self.channels, &cutoffs, conns);
+                        read_accounts(&txn, conns.dialect.lock_rows(select, self.wait))
+                            .await
+                            .map_err(conns.err("cannot lock accounts"))?
+                    }
+                };
                 let changed = page.changed(accounts.len() as u64);
                 (accounts, 0, 0, changed)
             }
         };
-        let read = accounts.len() as u64;
-        let last = accounts.last().map(|a| a.id.as_str().to_owned());
         let records = alerts_deciding(&txn, &accounts, self.rules, &cutoffs)
             .await
             .map_err(conns.err("cannot read alert_logs"))?;
@@ -130,14 +136,13 @@ impl ClaimTxn<'_> {
         );
         plan.expire
             .retain(|c| expired.contains(c.alert_id.as_str()));
-        let batch = ClaimBatch {
+        Ok(ClaimBatch {
             claims,
             expired: plan.expire,
             tally: plan.tally,
             decisions: plan.decisions,
             unconfigured: plan.unconfigured,
-        };
-        Ok(Claimed { batch, read, last })
+        })
     }
 }
 
@@ -148,13 +153,18 @@ pub(super) async fn preview(
     channels: &[ChannelName],
     rules: &AlertRules,
     now: DateTime<Utc>,
-    page: &Page,
+    mut page: Page,
 ) -> Result<ClaimBatch, StoreError> {
     let cutoffs = rules.cutoffs(now);
-    let select = page_accounts(page, rules, channels, &cutoffs, conns);
-    let accounts = read(&conns.db, select)
+    let accounts = match page.ahead.take() {
+        Some(ahead) => ahead.accounts,
+        None => read_accounts(
+            &conns.db,
+            page_accounts(&page, rules, channels, &cutoffs, conns),
+        )
         .await
-        .map_err(conns.err("cannot read accounts"))?;
+        .map_err(conns.err("cannot read accounts"))?,
+    };
     let records = alerts_deciding(&conns.db, &accounts, rules, &cutoffs)
         .await
         .map_err(conns.err("cannot read alert_logs"))?;
@@ -194,22 +204,7 @@ async fn alerts_deciding<C: ConnectionTrait>(
     open_and_recent(db, &ids, &once_ids, records_since(cutoffs)).await
 }
 
-/// One account row as the claim reads it under the lock.
-type AccountRow = (
-    String,
-    String,
-    Option<String>,
-    i64,
-    Option<i64>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
-
-/// The columns of a page's candidates, in id order (an open page: its first `limit`).
+/// The columns of a page's candidates, in id order.
 fn page_accounts(
     page: &Page,
     rules: &AlertRules,
@@ -217,39 +212,15 @@ fn page_accounts(
     cutoffs: &Cutoffs,
     conns: &Conns,
 ) -> sea_orm::Select<accounts::Entity> {
-    let select = account_columns()
+    account_columns()
         .filter(page.filter(rules, channels, cutoffs, conns.dialect))
-        .order_by_asc(accounts::Column::Id);
-    match page.limit() {
-        Some(limit) => select.limit(limit),
-        None => select,
-    }
+        .order_by_asc(accounts::Column::Id)
 }
 
-/// The account columns a claim decides on.
-fn account_columns() -> sea_orm::Select<accounts::Entity> {
-    use accounts::Column as A;
-    accounts::Entity::find().select_only().columns([
-        A::Id,
-        A::OwnerEmail,
-        A::OwnerName,
-        A::BalanceMinor,
-        A::AlertThresholdMinor,
-        A::OwnerPhone,
-        A::Currency,
-        A::AlertPolicy,
-        A::AlertChannels,
-        A::Timezone,
-        A::QuietHours,
-    ])
-}
-
-async fn read<C: ConnectionTrait>(
-    db: &C,
-    select: sea_orm::Select<accounts::Entity>,
-) -> Result<Vec<Account>, DbErr> {
-    let rows: Vec<AccountRow> = select.into_tuple().all(db).await?;
-    Ok(rows.into_iter().map(account).collect())
+/// Whether no account was updated or deleted since the page was read ahead (the count is
+/// read under the write lock, so nothing can change it until the claim commits).
+async fn unchanged(txn: &DatabaseTransaction, ahead: &ReadAhead) -> Result<bool, DbErr> {
+    Ok(accounts_changes(txn).await? == ahead.changes)
 }
 
 /// Locks the accounts and reads them as they are now, in id order; an account another
@@ -269,29 +240,9 @@ async fn lock_and_read(
             .filter(A::Id.is_in(chunk.iter().map(String::as_str)))
             // One order for every claimer, so waiting claimers cannot deadlock.
             .order_by_asc(A::Id);
-        out.append(&mut read(txn, conns.dialect.lock_rows(select, wait)).await?);
+        out.append(&mut read_accounts(txn, conns.dialect.lock_rows(select, wait)).await?);
     }
     Ok(out)
-}
-
-fn account(row: AccountRow) -> Account {
-    let (id, email, name, balance, threshold, phone, currency, policy, channels, tz, quiet) = row;
-    Account {
-        id: AccountId::new(id),
-        owner_email: email,
-        owner_name: name,
-        balance: Money::from_minor(balance),
-        threshold_override: threshold.map(Money::from_minor),
-        updated_at: None,
-        owner_phone: phone,
-        settings: crate::domain::AccountSettings {
-            currency,
-            alert_policy: policy,
-            alert_channels: channels,
-            timezone: tz,
-            quiet_hours: quiet,
-        },
-    }
 }
 
 /// Of the requested accounts the lock did not return: how many are locked by another

@@ -3,6 +3,7 @@
 
 use anyhow::anyhow;
 use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{ConnectionTrait, DbErr, EntityTrait, QuerySelect};
 
 use super::entities::{accounts, alert_logs};
 use crate::domain::{
@@ -86,4 +87,67 @@ pub(super) fn to_records(
     rows.into_iter()
         .map(|row| AlertRecord::try_from(row).map_err(crate::domain::ports::StoreError::Unexpected))
         .collect()
+}
+
+/// One account row as a claim decides on it.
+type AccountRow = (
+    String,
+    String,
+    Option<String>,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// The account columns a claim decides on.
+pub(super) fn account_columns() -> sea_orm::Select<accounts::Entity> {
+    use accounts::Column as A;
+    accounts::Entity::find().select_only().columns([
+        A::Id,
+        A::OwnerEmail,
+        A::OwnerName,
+        A::BalanceMinor,
+        A::AlertThresholdMinor,
+        A::OwnerPhone,
+        A::Currency,
+        A::AlertPolicy,
+        A::AlertChannels,
+        A::Timezone,
+        A::QuietHours,
+    ])
+}
+
+/// The accounts `select` (built on [`account_columns`]) returns.
+pub(super) async fn read_accounts<C: ConnectionTrait>(
+    db: &C,
+    select: sea_orm::Select<accounts::Entity>,
+) -> Result<Vec<Account>, DbErr> {
+    let rows: Vec<AccountRow> = select.into_tuple().all(db).await?;
+    Ok(rows.into_iter().map(account).collect())
+}
+
+/// An account as a claim decides on it ([`account_columns`]).
+fn account(row: AccountRow) -> Account {
+    let (id, email, name, balance, threshold, phone, currency, policy, channels, tz, quiet) = row;
+    Account {
+        id: AccountId::new(id),
+        owner_email: email,
+        owner_name: name,
+        balance: Money::from_minor(balance),
+        threshold_override: threshold.map(Money::from_minor),
+        updated_at: None,
+        owner_phone: phone,
+        settings: AccountSettings {
+            currency,
+            alert_policy: policy,
+            alert_channels: channels,
+            timezone: tz,
+            quiet_hours: quiet,
+        },
+    }
 }

@@ -69,11 +69,11 @@ impl Dialect {
         }
     }
 
-    /// Whether a claim lists its page of candidates itself, under its lock: where one writer
-    /// excludes all others (SQLite), nothing can change between listing and locking, so the
-    /// index is scanned once instead of twice. A server lists pages ahead, without locks, for
-    /// claims running in parallel.
-    pub(super) fn lists_under_lock(self) -> bool {
+    /// Whether the listing reads each page's accounts ahead of its claim, with a count of the
+    /// changes to `accounts` (migration 11), so that the claim reads them again only if
+    /// something changed: where one writer serves every claim and outcome (SQLite), it should
+    /// not scan the accounts too. A server's claims lock and re-read their rows in parallel.
+    pub(super) fn reads_pages_ahead(self) -> bool {
         self == Self::Sqlite
     }
 

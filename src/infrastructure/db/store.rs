@@ -1,7 +1,8 @@
 //! [`AlertStore`] on SQLite or PostgreSQL through SeaORM: the port's verbs, and how they are
-//! run — candidate pages listed ahead and claimed in parallel where the database has more
-//! than one writer, listed by each claim under its lock where it has one, outcomes recorded
-//! on a held connection, the WAL checkpointed when idle.
+//! run — candidate pages listed ahead of their claims (on SQLite, read whole with the
+//! `accounts_changes` counter so that the one writer re-reads a page only when accounts
+//! changed), claimed in parallel where the database has more than one writer, outcomes
+//! recorded on a held connection, the WAL checkpointed when idle.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +20,7 @@ use tracing::debug;
 use super::SQLITE_CHECKPOINT_WHEN_IDLE;
 use super::backlog;
 use super::candidates::{self, Listing, Page, Part};
-use super::claim::{self, ClaimTxn, Claimed, Scope};
+use super::claim::{self, ClaimTxn, Scope};
 use super::conn::Conns;
 use super::dialect::Dialect;
 use super::entities::accounts;
@@ -35,6 +36,9 @@ use crate::domain::{
 pub struct SeaOrmStore {
     conns: Arc<Conns>,
     recorder: Arc<Recorder>,
+    /// Whether listing a page takes turns with the recorder: on SQLite without a writer of
+    /// its own the pool may be a single connection (an in-memory database).
+    lists_taking_turns: bool,
     /// Stops the background WAL checkpoints when the last clone of the store is dropped.
     _checkpointer: Option<Arc<DropGuard>>,
 }
@@ -53,6 +57,8 @@ impl SeaOrmStore {
         label: impl Into<Arc<str>>,
     ) -> Self {
         let checkpoint = writer.is_some() && tokio::runtime::Handle::try_current().is_ok();
+        let lists_taking_turns =
+            writer.is_none() && Dialect::of(db.get_database_backend()).single_writer();
         let conns = Arc::new(Conns {
             dialect: Dialect::of(db.get_database_backend()),
             writer: writer.unwrap_or_else(|| db.clone()),
@@ -62,6 +68,7 @@ impl SeaOrmStore {
         });
         Self {
             recorder: Arc::new(Recorder::new(conns.clone())),
+            lists_taking_turns,
             _checkpointer: checkpoint.then(|| Arc::new(spawn_checkpointer(conns.clone()))),
             conns,
         }
@@ -148,25 +155,16 @@ impl AlertStore for SeaOrmStore {
             request: Arc::new(request),
             clock,
         });
-        let mut claims = if self.conns.dialect.lists_under_lock() {
-            sweep.in_turn(listing)
-        } else {
-            sweep.in_parallel(listing)
-        };
+        let claims = self
+            .pages(listing)
+            .map(move |page| {
+                let sweep = sweep.clone();
+                async move { sweep.claim(page?).await }
+            })
+            .buffered(self.conns.dialect.parallel_claims())
+            .boxed();
         // Claiming runs ahead of the deliveries (a batch waiting, the next ones being taken).
-        let (tx, rx) = mpsc::channel(1);
-        let producer = AbortOnDropHandle::new(tokio::spawn(async move {
-            while let Some(batch) = claims.next().await {
-                let failed = batch.is_err();
-                if tx.send(batch).await.is_err() || failed {
-                    break;
-                }
-            }
-        }));
-        stream::unfold((rx, producer), |(mut rx, producer)| async move {
-            rx.recv().await.map(|batch| (batch, (rx, producer)))
-        })
-        .boxed()
+        one_ahead(claims)
     }
 
     async fn resolve_recovered(
@@ -185,22 +183,19 @@ impl AlertStore for SeaOrmStore {
         page_size: u32,
         now: DateTime<Utc>,
     ) -> BoxStream<'static, Result<ClaimBatch, StoreError>> {
-        let pages = candidates::pages(
-            self.conns.clone(),
-            Listing {
-                thresholds: rules.thresholds.clone(),
-                policy: rules.policy,
-                channels: channels.clone(),
-                cutoffs: rules.cutoffs(now),
-                page_size,
-            },
-        );
+        let pages = self.pages(Listing {
+            thresholds: rules.thresholds.clone(),
+            policy: rules.policy,
+            channels: channels.clone(),
+            cutoffs: rules.cutoffs(now),
+            page_size,
+        });
         let conns = self.conns.clone();
         let (channels, rules) = (Arc::new(channels), Arc::new(rules));
         pages
             .then(move |page| {
                 let (conns, channels, rules) = (conns.clone(), channels.clone(), rules.clone());
-                async move { claim::preview(&conns, &channels, &rules, now, &page?).await }
+                async move { claim::preview(&conns, &channels, &rules, now, page?).await }
             })
             .boxed()
     }
@@ -225,8 +220,7 @@ impl AlertStore for SeaOrmStore {
         let batch = self
             .recorder
             .taking_turns(txn.run(&self.conns, Scope::Ids(&ids)))
-            .await?
-            .batch;
+            .await?;
         lease.hold(batch.claims.iter().map(|c| &c.alert_id), now);
         Ok(batch)
     }
@@ -254,6 +248,66 @@ impl AlertStore for SeaOrmStore {
     }
 }
 
+impl SeaOrmStore {
+    /// The candidate pages of `listing`, each a disjoint range of account ids, listed one page
+    /// ahead of the consumer in a task of its own; dropping the stream stops the listing.
+    fn pages(&self, listing: Listing) -> BoxStream<'static, Result<Page, StoreError>> {
+        let (conns, recorder) = (self.conns.clone(), self.recorder.clone());
+        let takes_turns = self.lists_taking_turns;
+        let listing = Arc::new(listing);
+        let start = Some((Part::FIRST, None::<String>));
+        let scan = stream::try_unfold(start, move |mut scan| {
+            let (conns, recorder, listing) = (conns.clone(), recorder.clone(), listing.clone());
+            async move {
+                while let Some((part, after)) = scan {
+                    let list = candidates::next_page(&conns, &listing, part, after);
+                    // On a one-connection database the recorder may hold the connection until
+                    // its next batch, which waits for the claims of this page.
+                    let page = if takes_turns {
+                        recorder.taking_turns(list).await
+                    } else {
+                        list.await
+                    }
+                    .map_err(conns.err("cannot read accounts"))?;
+                    let next_part = part.next().map(|part| (part, None));
+                    let Some(page) = page else {
+                        scan = next_part;
+                        continue;
+                    };
+                    scan = if page.full(listing.page_size) {
+                        Some((part, Some(page.last.clone())))
+                    } else {
+                        next_part
+                    };
+                    return Ok(Some((page, scan)));
+                }
+                Ok(None)
+            }
+        });
+        one_ahead(scan.boxed())
+    }
+}
+
+/// Runs `stream` in a task of its own, one item ahead of its consumer; it ends after an
+/// error, and dropping the returned stream aborts the task.
+fn one_ahead<T: Send + 'static>(
+    mut stream: BoxStream<'static, Result<T, StoreError>>,
+) -> BoxStream<'static, Result<T, StoreError>> {
+    let (tx, rx) = mpsc::channel(1);
+    let task = AbortOnDropHandle::new(tokio::spawn(async move {
+        while let Some(item) = stream.next().await {
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                break;
+            }
+        }
+    }));
+    stream::unfold((rx, task), |(mut rx, task)| async move {
+        rx.recv().await.map(|item| (item, (rx, task)))
+    })
+    .boxed()
+}
+
 /// What the claims of one sweep share.
 struct SweepClaiming {
     conns: Arc<Conns>,
@@ -264,72 +318,15 @@ struct SweepClaiming {
 
 impl SweepClaiming {
     /// Claims `page` in a task of its own, taking turns with the recorder.
-    fn claim(self: &Arc<Self>, page: Page) -> impl Future<Output = Result<Claimed, StoreError>> {
+    fn claim(
+        self: &Arc<Self>,
+        page: Page,
+    ) -> impl Future<Output = Result<ClaimBatch, StoreError>> + use<> {
         let this = self.clone();
         claim_task(async move {
-            let claim = claim_page(&this.conns, &this.request, this.clock.now(), &page);
+            let claim = claim_page(&this.conns, &this.request, this.clock.now(), page);
             this.recorder.taking_turns(claim).await
         })
-    }
-
-    /// Pages listed without locks ahead of their claims, as many claimed at once as the
-    /// database has writers ([`Dialect::parallel_claims`]), in page order.
-    fn in_parallel(
-        self: Arc<Self>,
-        listing: Listing,
-    ) -> BoxStream<'static, Result<ClaimBatch, StoreError>> {
-        let parallel = self.conns.dialect.parallel_claims();
-        candidates::pages(self.conns.clone(), listing)
-            .map(move |page| {
-                let this = self.clone();
-                async move { Ok(this.claim(page?).await?.batch) }
-            })
-            .buffered(parallel)
-            .boxed()
-    }
-
-    /// One claim after the other, each listing its page under its lock (SQLite). The first
-    /// page of each part is listed without locks: a sweep with nothing to claim, the usual
-    /// re-sweep, never takes the write lock an external writer may be waiting for.
-    fn in_turn(
-        self: Arc<Self>,
-        listing: Listing,
-    ) -> BoxStream<'static, Result<ClaimBatch, StoreError>> {
-        let page_size = u64::from(Ord::max(listing.page_size, 1));
-        let listing = Arc::new(listing);
-        let start = (Some(Part::FIRST), None::<Page>);
-        stream::try_unfold(start, move |(mut part, mut page)| {
-            let (this, listing) = (self.clone(), listing.clone());
-            async move {
-                let page = loop {
-                    if let Some(page) = page.take() {
-                        break page;
-                    }
-                    let Some(current) = part else {
-                        return Ok(None);
-                    };
-                    // Taking turns: the recorder may hold the pool's only connection
-                    // (an in-memory database has one) until its next batch, which waits
-                    // for these claims.
-                    let first = candidates::next_page(&this.conns, &listing, current, None);
-                    page = this
-                        .recorder
-                        .taking_turns(first)
-                        .await
-                        .map_err(this.conns.err("cannot read accounts"))?;
-                    if page.is_none() {
-                        part = current.next();
-                    }
-                };
-                let claimed = this.claim(page.clone()).await?;
-                let next = page.following(claimed.read, claimed.last.as_deref(), page_size);
-                if next.is_none() {
-                    part = page.part.next();
-                }
-                Ok(Some((claimed.batch, (part, next))))
-            }
-        })
-        .boxed()
     }
 }
 
@@ -354,8 +351,8 @@ async fn claim_page(
     conns: &Conns,
     request: &SweepClaims,
     now: DateTime<Utc>,
-    page: &Page,
-) -> Result<Claimed, StoreError> {
+    page: Page,
+) -> Result<ClaimBatch, StoreError> {
     let txn = ClaimTxn {
         lease: request.lease.holder(),
         channels: &request.channels,
@@ -364,9 +361,9 @@ async fn claim_page(
         wait: false,
         keep_decisions: false,
     };
-    let claimed = txn.run(conns, Scope::Page(page)).await?;
+    let batch = txn.run(conns, Scope::Page(page)).await?;
     request
         .lease
-        .hold(claimed.batch.claims.iter().map(|c| &c.alert_id), now);
-    Ok(claimed)
+        .hold(batch.claims.iter().map(|c| &c.alert_id), now);
+    Ok(batch)
 }
