@@ -49,6 +49,17 @@ pub(crate) async fn run_sql(manager: &SchemaManager<'_>, statements: &[&str]) ->
     Ok(())
 }
 
+/// Runs `statements` on SQLite only: for what only SQLite's single writer needs.
+pub(crate) async fn on_sqlite(
+    manager: &SchemaManager<'_>,
+    statements: &[&str],
+) -> Result<(), DbErr> {
+    if manager.get_database_backend() == sea_orm_migration::sea_orm::DbBackend::Sqlite {
+        run_sql(manager, statements).await?;
+    }
+    Ok(())
+}
+
 /// A migration's statements for both backends plus PostgreSQL-only ones: `up` runs the shared
 /// ones first, `down` undoes the PostgreSQL ones first (the reverse order).
 pub(crate) async fn up_with_postgres(

@@ -12,7 +12,6 @@
 //! would only add the claim's entries.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -32,16 +31,10 @@ const DOWN: [&str; 2] = [
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() == DbBackend::Sqlite {
-            crate::run_sql(manager, &UP).await?;
-        }
-        Ok(())
+        crate::on_sqlite(manager, &UP).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() == DbBackend::Sqlite {
-            crate::run_sql(manager, &DOWN).await?;
-        }
-        Ok(())
+        crate::on_sqlite(manager, &DOWN).await
     }
 }

@@ -13,7 +13,6 @@
 //! PostgreSQL needs none of it: its claims lock and re-read their rows in parallel.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -38,16 +37,10 @@ const DOWN: [&str; 3] = [
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() == DbBackend::Sqlite {
-            crate::run_sql(manager, &UP).await?;
-        }
-        Ok(())
+        crate::on_sqlite(manager, &UP).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() == DbBackend::Sqlite {
-            crate::run_sql(manager, &DOWN).await?;
-        }
-        Ok(())
+        crate::on_sqlite(manager, &DOWN).await
     }
 }
