@@ -46,6 +46,9 @@ pub struct SweepSummary {
     /// Below the threshold with nothing due: every channel blocked by the policy (cooldown,
     /// `once` not re-armed, `daily` already alerted today), in flight in another sweep, or
     /// parked after a permanent failure. Skipped and deferred accounts are not counted here.
+    /// It is the remainder of `below_threshold`: an account that was below when the sweep
+    /// started and left before the sweep listed its page is on no page and lands here (an
+    /// exact count would take a second scan of the accounts; README "What it does").
     pub in_cooldown: u64,
     /// Due but inside the account's quiet hours: not claimed; the first sweep after the
     /// window sends them if they are still due then.
