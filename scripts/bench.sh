@@ -13,7 +13,12 @@
 #                                     and quiet hours, outside the window when measured) |
 #                                     currency10 (10% in EUR, ids from 'e6', with
 #                                     alert.thresholds.EUR = "50.00", and 10%, ids below '1a',
-#                                     with their own channel list "console")
+#                                     with their own channel list "console") |
+#                                     history30 (before every run, each account below the
+#                                     threshold has 30 alerts sent, one a day, the last 25 h
+#                                     ago, written oldest first as a month of sweeps would:
+#                                     the first sweep is a day's, the re-sweep reads past a
+#                                     month of history; SQLite and PostgreSQL only)
 #
 # For each N and backend (10% of the accounts below the 50.00 threshold, random UUID ids):
 #   first_s     first sweep, console channel to /dev/null
@@ -61,7 +66,7 @@ fi
 
 SCENARIO=${BENCH_SCENARIO:-default}
 case $SCENARIO in
-  default | quiet10) POLICY_TOML="" ;;
+  default | quiet10 | history30) POLICY_TOML="" ;;
   currency10) POLICY_TOML=$'[alert.thresholds]\nEUR = "50.00"' ;;
   once) POLICY_TOML=$'[alert]\npolicy = "once"' ;;
   *) echo "bench: unknown BENCH_SCENARIO=$SCENARIO" >&2; exit 2 ;;
@@ -75,6 +80,18 @@ config() { # URL [extra toml]
 # their own, on ~10% of the accounts (random ids below '1a': 1/16 + 10/256).
 # currency10: the same deliveries, with the currency and channel-list columns filled in.
 CURRENCY_SQL="UPDATE accounts SET currency = 'EUR' WHERE id >= 'e6'; UPDATE accounts SET alert_channels = 'console' WHERE id < '1a'"
+# history30: alert ids '0000000N' + the account id's tail, unique per account and day.
+SQLITE_HISTORY_SQL="WITH RECURSIVE d(n) AS (SELECT 30 UNION ALL SELECT n - 1 FROM d WHERE n > 1)
+INSERT INTO alert_logs (id, account_id, channel, threshold_minor, balance_at_alert_minor, status, attempts, created_at, claimed_at, sent_at)
+SELECT printf('%08x', n) || substr(a.id, 9), a.id, 'console', 5000, a.balance_minor, 'sent', 1, ts, ts, ts
+FROM (SELECT n, strftime('%Y-%m-%dT%H:%M:%S.000000+00:00', 'now', '-' || (n - 1) || ' days', '-25 hours') AS ts FROM d) h,
+     (SELECT id, balance_minor FROM accounts WHERE alert_threshold_minor IS NULL AND balance_minor < 5000) a
+ORDER BY n DESC, a.id"
+PG_HISTORY_SQL="INSERT INTO alert_logs (id, account_id, channel, threshold_minor, balance_at_alert_minor, status, attempts, created_at, claimed_at, sent_at)
+SELECT lpad(to_hex(n), 8, '0') || substr(a.id, 9), a.id, 'console', 5000, a.balance_minor, 'sent', 1, ts, ts, ts
+FROM (SELECT n, now() - (n - 1) * interval '1 day' - interval '25 hours' AS ts FROM generate_series(30, 1, -1) AS n) h,
+     (SELECT id, balance_minor FROM accounts WHERE alert_threshold_minor IS NULL AND balance_minor < 5000) a
+ORDER BY n DESC, a.id"
 QUIET_SQL="UPDATE accounts SET timezone = 'Asia/Kolkata', quiet_hours = '$(TZ=Asia/Kolkata date -d '+6 hour' +%H:00)-$(TZ=Asia/Kolkata date -d '+7 hour' +%H:00)' WHERE id < '1a'"
 
 
@@ -90,7 +107,7 @@ measure() { # [STDOUT]
 
 # Alerts marked sent so far (the console output went to /dev/null).
 count_sent() { # backend target
-  local sql="SELECT count(*) FROM alert_logs WHERE status = 'sent'"
+  local sql="SELECT count(*) FROM alert_logs WHERE status = 'sent' AND id NOT LIKE '0000%'"
   if [[ $1 == sqlite ]]; then sqlite3 "$2" "$sql"; else psql -Atq "$2" -c "$sql"; fi
 }
 
@@ -141,6 +158,10 @@ SQL
 reset_alerts() { # backend target
   if [[ $1 == sqlite ]]; then sqlite3 "$2" "DELETE FROM alert_logs; VACUUM;"
   else psql -q "$2" -c "TRUNCATE alert_logs" -c "VACUUM ANALYZE alert_logs" -c "CHECKPOINT"; fi
+  if [[ $SCENARIO == history30 ]]; then
+    if [[ $1 == sqlite ]]; then sqlite3 "$2" "$SQLITE_HISTORY_SQL; PRAGMA wal_checkpoint(TRUNCATE);" >/dev/null
+    else psql -q "$2" -c "$PG_HISTORY_SQL" -c "CHECKPOINT" -c "VACUUM ANALYZE alert_logs" -c "CHECKPOINT"; fi
+  fi
 }
 
 # The sweep's database work by hand, in one transaction, with the same schema (foreign keys
@@ -224,7 +245,7 @@ for n in "${SIZES[@]}"; do
     # table, every run's value in the log lines below it.
     firsts=(); resweeps=(); bases=(); peak=0
     for ((run = 1; run <= RUNS; run++)); do
-      if ((run > 1)); then reset_alerts "$backend" "$target"; sync; sleep 1; fi
+      if ((run > 1)) || [[ $SCENARIO == history30 ]]; then reset_alerts "$backend" "$target"; sync; sleep 1; fi
       read -r wall1 rss1 < <(measure)
       sent=$(count_sent "$backend" "$target")
       read -r wall2 rss2 < <(measure)

@@ -17,6 +17,7 @@ mod m20261202_000008_alert_policies;
 mod m20261202_000009_currency_thresholds;
 mod m20261202_000010_unresolved_before_outcome;
 mod m20261202_000011_accounts_change_counter;
+mod m20261203_000012_recent_alerts_index;
 
 /// Applies the migrations in order; `seaql_migrations` records what ran.
 pub struct Migrator;
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000009_currency_thresholds::Migration),
             Box::new(m20261202_000010_unresolved_before_outcome::Migration),
             Box::new(m20261202_000011_accounts_change_counter::Migration),
+            Box::new(m20261203_000012_recent_alerts_index::Migration),
         ]
     }
 }

@@ -22,6 +22,7 @@ on_both_backends!(
     quiet_hours_defer_and_the_first_sweep_after_them_sends_with_the_balance_then,
     a_bad_time_zone_or_window_fails_that_account_only_and_a_fix_retries_it,
     switching_an_accounts_policy_applies_at_the_next_sweep_with_its_history,
+    history_is_skipped_but_an_old_alert_that_still_blocks_is_not,
     accounts_choose_their_channels_opt_out_and_unknown_names_are_ignored,
     sms_reaches_the_phone_with_form_fields_and_basic_auth_and_skips_accounts_without_one,
 );
@@ -293,6 +294,42 @@ async fn switching_an_accounts_policy_applies_at_the_next_sweep_with_its_history
     assert_eq!(app.sweep().await.sent, 0, "repeat: within the cooldown");
     app.clock.advance(24 * HOUR);
     assert_eq!(app.sweep().await.sent, 1, "repeat: a reminder");
+}
+
+/// The sweep skips an account's old sent alerts in `idx_alert_logs_recent` (migration 12),
+/// in the eligibility probe and in the claim's read alike. Not a `once` account's: its alert
+/// of days ago is still what blocks a reminder, beside a `repeat` account reminded daily on
+/// the same page. (Either read alone keeps it blocked: both must skip it to alert it.)
+async fn history_is_skipped_but_an_old_alert_that_still_blocks_is_not(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let repeat = low_account(&app).await;
+    let once = app
+        .insert_account(NewAccount::new("once@example.com", 3_000))
+        .await;
+    set(&app, &once, "alert_policy", "once".into()).await;
+    assert_eq!(app.sweep().await.sent, 2, "both dips");
+    for day in 1..=4 {
+        app.clock.advance(25 * HOUR);
+        let s = app.sweep().await;
+        assert_eq!(
+            (s.sent, s.in_cooldown),
+            (1, 1),
+            "day {day}: only the reminder"
+        );
+    }
+    assert_eq!(app.alert_rows(&repeat).await.len(), 5);
+    assert_eq!(
+        app.alert_rows(&once).await.len(),
+        1,
+        "once: one alert per dip"
+    );
+    balance(&app, &once, 9_000).await;
+    app.sweep().await;
+    balance(&app, &once, 1_000).await;
+    app.clock.advance(MINUTE);
+    assert_eq!(app.sweep().await.sent, 1, "recovered, then dipped: alerted");
 }
 
 async fn accounts_choose_their_channels_opt_out_and_unknown_names_are_ignored(backend: Backend) {

@@ -210,7 +210,9 @@ async fn sqlite_counts_every_change_to_accounts_for_the_claims_read_ahead() {
     .await;
     assert_eq!(changes().await, start + 4, "a DELETE is counted");
 
-    Migrator::down(&app.conn, Some(1))
+    // Migration 11 and those after it.
+    let from_eleven = u32::try_from(Migrator::migrations().len() - 10).expect("a few migrations");
+    Migrator::down(&app.conn, Some(from_eleven))
         .await
         .expect("migration 11 down");
     app.exec("UPDATE accounts SET owner_email = owner_email", vec![])

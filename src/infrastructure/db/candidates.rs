@@ -5,6 +5,7 @@
 //! single writer, which every claim and outcome waits for, then reads them again only if
 //! something changed — instead of scanning the accounts for every page itself.
 
+use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, Func, Query};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
@@ -74,7 +75,7 @@ pub(super) fn policy_is(policy: Policy, defaults: &PolicyDefaults) -> Condition 
 }
 
 /// True when the account is not blocked on at least one of the channels: for each channel,
-/// `NOT EXISTS` an alert that blocks it, probed through `idx_alert_logs_cooldown`. The same
+/// `NOT EXISTS` an alert that blocks it, probed through `idx_alert_logs_recent`. The same
 /// cut-offs as [`Cutoffs::decide`], which has the last word under the claim's lock: a live
 /// claim, a permanent failure on the same contact, and per policy `repeat` sent or given up
 /// within the cooldown, `once` sent or given up and not resolved, `daily` sent or given up
@@ -121,17 +122,37 @@ fn claimable_somewhere(
                 .add(Expr::col((accounts::Entity, accounts::Column::Timezone)).is_null())
                 .add(closed_since(cutoffs.today_since)),
         );
+    // Implied by `blocking`, and tested on `idx_alert_logs_recent` alone: the account's old
+    // sent alerts, its history, are skipped without reading their rows (migration 12).
+    let not_history = not_old_sent(
+        Ord::min(cutoffs.cooldown_since, cutoffs.today_since),
+        policy_is(Policy::Once, defaults),
+    );
     channels.iter().fold(Condition::any(), |any, channel| {
         let mut probe = Query::select()
             .expr(Expr::val(1))
             .from(alert_logs::Entity)
             .and_where(col(L::AccountId).equals((accounts::Entity, accounts::Column::Id)))
             .and_where(col(L::Channel).eq(channel.as_str()))
+            .cond_where(not_history.clone())
             .cond_where(blocking.clone())
             .to_owned();
         dialect.fence(&mut probe);
         any.add(Expr::exists(probe).not())
     })
+}
+
+/// Not an alert sent before `since`, unless `keep` (an account whose every closed alert
+/// counts: `once`). Every alert a sweep decides on passes it: open, given up (neither has a
+/// `sent_at`), or sent since the cut-off. It reads only columns of `idx_alert_logs_recent`
+/// (and of the account), so a database tests it in the index before it fetches the row.
+pub(super) fn not_old_sent(since: DateTime<Utc>, keep: Condition) -> Condition {
+    use alert_logs::Column as L;
+    let col = |c: L| Expr::col((alert_logs::Entity, c));
+    Condition::any()
+        .add(col(L::SentAt).is_null())
+        .add(col(L::SentAt).gte(since))
+        .add(keep)
 }
 
 /// Where the keyset scan stands. Both parts read in account-id order (migration 4): first

@@ -18,10 +18,10 @@ use sea_orm::sea_query::{
 };
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
 };
 
-use super::candidates::{Page, ReadAhead, accounts_changes};
+use super::candidates::{Page, ReadAhead, accounts_changes, not_old_sent};
 use super::conn::Conns;
 use super::convert::{account_columns, is_open, read_accounts, status_literal, to_records};
 use super::entities::{accounts, alert_logs};
@@ -311,13 +311,20 @@ async fn open_and_recent<C: ConnectionTrait>(
             .filter(|id| once_ids.contains(id))
             .collect();
         let unresolved = Condition::all().add(closed()).add(L::ResolvedAt.is_null());
+        // Every row wanted passes `not_old_sent`, which skips the accounts' history in the
+        // index; `once` accounts keep their old sent alerts (not resolved: still blocking).
+        let mut not_history = Some(not_old_sent(since, Condition::any()));
         if once.len() == chunk.len() {
             wanted = wanted.add(unresolved);
+            not_history = None;
         } else if !once.is_empty() {
-            wanted = wanted.add(unresolved.add(L::AccountId.is_in(once)));
+            let once_ids = || L::AccountId.is_in(once.iter().copied());
+            wanted = wanted.add(unresolved.add(once_ids()));
+            not_history = Some(not_old_sent(since, Condition::any().add(once_ids())));
         }
         let mut part = alert_logs::Entity::find()
             .filter(L::AccountId.is_in(chunk.iter().copied()))
+            .apply_if(not_history, QueryFilter::filter)
             .filter(wanted)
             .all(db)
             .await?;
