@@ -25,11 +25,13 @@ use crate::config::DatabaseSettings;
 use crate::config::redact::mask_url;
 use crate::domain::ports::StoreError;
 
-/// SQLite page cache per connection, in KiB. A sweep keeps two connections busy (the
-/// writer, which claims and records, and a reader of candidate pages), so this is kept
-/// moderate: 8 MiB measured as fast as 16 MiB on a million accounts within the 64 MB memory
-/// budget (scripts/bench.sh).
-const SQLITE_CACHE_KIB: i64 = 8 * 1024;
+/// SQLite page cache per connection, in KiB (SQLite's own default). A sweep holds three
+/// connections (the writer, which claims and records, a reader of candidate pages, one for
+/// counts and checkpoints), and every cache fills up once `alert_logs` holds months of
+/// history: with 8 MiB a sweep over a month of it peaked at 77–79 MB, over the 64 MB
+/// budget; with 2 MiB at 52–53 MB, as fast (the pages come from the OS's page cache), and
+/// as fast on an empty `alert_logs` too (README "Performance").
+const SQLITE_CACHE_KIB: i64 = 2 * 1024;
 
 /// SQLite: a background task copies the WAL into the database file once the writer has
 /// been idle this long (`PRAGMA wal_checkpoint(PASSIVE)` on a pool connection: it never
