@@ -5,7 +5,6 @@
 //! single writer, which every claim and outcome waits for, then reads them again only if
 //! something changed — instead of scanning the accounts for every page itself.
 
-use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, Func, Query};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
@@ -63,10 +62,14 @@ pub(super) fn below_own_threshold() -> Condition {
         .add(Expr::col(A::BalanceMinor).lt(Expr::col(A::AlertThresholdMinor)))
 }
 
-/// `accounts.alert_policy` names `policy`, or is null and `policy` is the default.
+/// `accounts.alert_policy` names `policy`, or is null and `policy` is the default. Never
+/// SQL's NULL (`IS NOT NULL` first): the eligibility probe negates it, and `NOT (NULL AND
+/// true)` would leave out an account whose column is null.
 pub(super) fn policy_is(policy: Policy, defaults: &PolicyDefaults) -> Condition {
     let column = || Expr::col((accounts::Entity, accounts::Column::AlertPolicy));
-    let named = Condition::all().add(column().eq(policy.as_str()));
+    let named = Condition::all()
+        .add(column().is_not_null())
+        .add(column().eq(policy.as_str()));
     if policy == defaults.policy {
         Condition::any().add(column().is_null()).add(named)
     } else {
@@ -74,14 +77,21 @@ pub(super) fn policy_is(policy: Policy, defaults: &PolicyDefaults) -> Condition 
     }
 }
 
-/// True when the account is not blocked on at least one of the channels: for each channel,
-/// `NOT EXISTS` an alert that blocks it, probed through `idx_alert_logs_recent`. The same
-/// cut-offs as [`Cutoffs::decide`], which has the last word under the claim's lock: a live
-/// claim, a permanent failure on the same contact, and per policy `repeat` sent or given up
-/// within the cooldown, `once` sent or given up and not resolved, `daily` sent or given up
-/// since the start of today in `alert.timezone`. `daily` accounts with a time zone of their
-/// own, and rows with a policy the daemon does not know, are not blocked here: SQLite cannot
-/// compute their local day, so the domain decides on them under the lock.
+/// True when the account is not blocked on at least one of the channels. The same cut-offs
+/// as [`Cutoffs::decide`], which has the last word under the claim's lock: a live claim, a
+/// permanent failure on the same contact, and per policy `repeat` sent or given up within
+/// the cooldown, `once` sent or given up and not resolved, `daily` sent or given up since the
+/// start of today in `alert.timezone`. `daily` accounts with a time zone of their own, and
+/// rows with a policy the daemon does not know, are not blocked here: SQLite cannot compute
+/// their local day, so the domain decides on them under the lock.
+///
+/// One `NOT EXISTS` per kind of blocking alert, each an index range of its own, so that an
+/// account's history — its old sent alerts, a row a day under `repeat` — is never read:
+/// alerts not sent (`sent_at IS NULL` in `idx_alert_logs_recent`: live claims, failures,
+/// given up), alerts sent since the policy's cut-off (`sent_at >= cut-off`, the same index),
+/// and a `once` account's unresolved alerts (`idx_alert_logs_unresolved`). With one probe
+/// and an `OR` of these, both databases fetched every row of the history to test it
+/// (README "Performance", "A month of alert history").
 fn claimable_somewhere(
     channels: &[ChannelName],
     cutoffs: &Cutoffs,
@@ -91,68 +101,64 @@ fn claimable_somewhere(
     use alert_logs::Column as L;
     let col = |c: L| Expr::col((alert_logs::Entity, c));
     let status = |s: AlertStatus| col(L::Status).eq(status_literal(s));
-    let closed_since = |since| {
-        Condition::any()
-            .add(col(L::SentAt).gte(since))
-            .add(status(AlertStatus::Expired).and(col(L::ClaimedAt).gte(since)))
+    // `policy_is` may be an `any` (null or named): conditions go beside it, not into it.
+    let repeat = || Condition::all().add(policy_is(Policy::Repeat, defaults));
+    let daily_here = || {
+        Condition::all()
+            .add(policy_is(Policy::Daily, defaults))
+            .add(Expr::col((accounts::Entity, accounts::Column::Timezone)).is_null())
     };
-    let blocking = Condition::any()
-        .add(status(AlertStatus::Pending).and(col(L::ClaimedAt).gt(cutoffs.live_since)))
-        .add(
-            status(AlertStatus::Failed)
-                .and(col(L::Contact).equals((accounts::Entity, accounts::Column::OwnerEmail))),
-        )
-        .add(
-            Condition::all()
-                .add(policy_is(Policy::Repeat, defaults))
-                .add(closed_since(cutoffs.cooldown_since)),
-        )
-        .add(
-            Condition::all()
-                .add(policy_is(Policy::Once, defaults))
-                .add(col(L::Status).is_in([
-                    status_literal(AlertStatus::Sent),
-                    status_literal(AlertStatus::Expired),
-                ]))
-                .add(col(L::ResolvedAt).is_null()),
-        )
-        .add(
-            Condition::all()
-                .add(policy_is(Policy::Daily, defaults))
-                .add(Expr::col((accounts::Entity, accounts::Column::Timezone)).is_null())
-                .add(closed_since(cutoffs.today_since)),
-        );
-    // Implied by `blocking`, and tested on `idx_alert_logs_recent` alone: the account's old
-    // sent alerts, its history, are skipped without reading their rows (migration 12).
-    let not_history = not_old_sent(
-        Ord::min(cutoffs.cooldown_since, cutoffs.today_since),
-        policy_is(Policy::Once, defaults),
+    let given_up_since = |since| status(AlertStatus::Expired).and(col(L::ClaimedAt).gte(since));
+    let not_sent = Condition::all().add(col(L::SentAt).is_null()).add(
+        Condition::any()
+            .add(status(AlertStatus::Pending).and(col(L::ClaimedAt).gt(cutoffs.live_since)))
+            .add(
+                status(AlertStatus::Failed)
+                    .and(col(L::Contact).equals((accounts::Entity, accounts::Column::OwnerEmail))),
+            )
+            .add(repeat().add(given_up_since(cutoffs.cooldown_since)))
+            .add(daily_here().add(given_up_since(cutoffs.today_since))),
     );
+    let sent_since = |since| Condition::all().add(col(L::SentAt).gte(since));
+    let unresolved = Condition::all()
+        .add(col(L::ResolvedAt).is_null())
+        .add(col(L::Status).is_in([
+            status_literal(AlertStatus::Sent),
+            status_literal(AlertStatus::Expired),
+        ]));
     channels.iter().fold(Condition::any(), |any, channel| {
-        let mut probe = Query::select()
-            .expr(Expr::val(1))
-            .from(alert_logs::Entity)
-            .and_where(col(L::AccountId).equals((accounts::Entity, accounts::Column::Id)))
-            .and_where(col(L::Channel).eq(channel.as_str()))
-            .cond_where(not_history.clone())
-            .cond_where(blocking.clone())
-            .to_owned();
-        dialect.fence(&mut probe);
-        any.add(Expr::exists(probe).not())
+        let blocked = |blocking: Condition| {
+            let mut probe = Query::select()
+                .expr(Expr::val(1))
+                .from(alert_logs::Entity)
+                .and_where(col(L::AccountId).equals((accounts::Entity, accounts::Column::Id)))
+                .and_where(col(L::Channel).eq(channel.as_str()))
+                .cond_where(blocking)
+                .to_owned();
+            dialect.fence(&mut probe);
+            Expr::exists(probe)
+        };
+        any.add(
+            Condition::all()
+                .add(blocked(not_sent.clone()).not())
+                .add(
+                    repeat()
+                        .add(blocked(sent_since(cutoffs.cooldown_since)))
+                        .not(),
+                )
+                .add(
+                    daily_here()
+                        .add(blocked(sent_since(cutoffs.today_since)))
+                        .not(),
+                )
+                .add(
+                    Condition::all()
+                        .add(policy_is(Policy::Once, defaults))
+                        .add(blocked(unresolved.clone()))
+                        .not(),
+                ),
+        )
     })
-}
-
-/// Not an alert sent before `since`, unless `keep` (an account whose every closed alert
-/// counts: `once`). Every alert a sweep decides on passes it: open, given up (neither has a
-/// `sent_at`), or sent since the cut-off. It reads only columns of `idx_alert_logs_recent`
-/// (and of the account), so a database tests it in the index before it fetches the row.
-pub(super) fn not_old_sent(since: DateTime<Utc>, keep: Condition) -> Condition {
-    use alert_logs::Column as L;
-    let col = |c: L| Expr::col((alert_logs::Entity, c));
-    Condition::any()
-        .add(col(L::SentAt).is_null())
-        .add(col(L::SentAt).gte(since))
-        .add(keep)
 }
 
 /// Where the keyset scan stands. Both parts read in account-id order (migration 4): first

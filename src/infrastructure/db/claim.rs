@@ -21,7 +21,7 @@ use sea_orm::{
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
 };
 
-use super::candidates::{Page, ReadAhead, accounts_changes, not_old_sent};
+use super::candidates::{Page, ReadAhead, accounts_changes};
 use super::conn::Conns;
 use super::convert::{account_columns, is_open, read_accounts, status_literal, to_records};
 use super::entities::{accounts, alert_logs};
@@ -331,6 +331,19 @@ async fn open_and_recent<C: ConnectionTrait>(
         rows.append(&mut part);
     }
     Ok(rows)
+}
+
+/// Not an alert sent before `since`, unless `keep` (the accounts whose every closed alert
+/// counts: `once`). Every alert the claim decides on passes it: open, given up (neither has
+/// a `sent_at`), or sent since the cut-off. It reads only columns of `idx_alert_logs_recent`,
+/// so SQLite tests it in the index before it fetches the row: an account's history, its old
+/// sent alerts, is skipped there (migration 12).
+fn not_old_sent(since: DateTime<Utc>, keep: Condition) -> Condition {
+    let col = |c: L| Expr::col((alert_logs::Entity, c));
+    Condition::any()
+        .add(col(L::SentAt).is_null())
+        .add(col(L::SentAt).gte(since))
+        .add(keep)
 }
 
 /// Inserts new `pending` rows held by `lease`; returns the ids left out (a conflicting open
