@@ -18,6 +18,7 @@ mod m20261202_000009_currency_thresholds;
 mod m20261202_000010_unresolved_before_outcome;
 mod m20261202_000011_accounts_change_counter;
 mod m20261203_000012_recent_alerts_index;
+mod m20261203_000013_status_checks_without_in_lists;
 
 /// Applies the migrations in order; `seaql_migrations` records what ran.
 pub struct Migrator;
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000010_unresolved_before_outcome::Migration),
             Box::new(m20261202_000011_accounts_change_counter::Migration),
             Box::new(m20261203_000012_recent_alerts_index::Migration),
+            Box::new(m20261203_000013_status_checks_without_in_lists::Migration),
         ]
     }
 }

@@ -18,7 +18,7 @@
 //! time zone, quiet hours): existing rows and external writers need not know them.
 //!
 //! SQLite cannot alter a CHECK constraint, so there `alert_logs` is rebuilt (the documented
-//! 12-step procedure, inside the migration's transaction); PostgreSQL alters it in place.
+//! 12-step procedure, in one transaction: see `use_transaction`); PostgreSQL alters it in place.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
@@ -157,6 +157,12 @@ const SQLITE_COVERING_DOWN: [&str; 2] = [
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
+    /// All or nothing on both databases: sea-orm-migration runs SQLite migrations outside a
+    /// transaction by default, and a rebuild stopped half-way would leave no `alert_logs`.
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         crate::run_sql(manager, &ACCOUNT_COLUMNS).await?;
         match manager.get_database_backend() {

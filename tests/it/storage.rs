@@ -228,3 +228,69 @@ async fn sqlite_counts_every_change_to_accounts_for_the_claims_read_ahead() {
         "the counter starts again, triggers in place"
     );
 }
+
+crate::on_both_backends!(
+    the_schema_allows_one_open_alert_per_account_and_channel_and_five_statuses
+);
+
+/// What `alert_logs` itself guarantees, whichever way a migration writes it (SQLite's
+/// migration 13 rewrote the CHECK and the unique index's predicate without `IN` lists): a
+/// status outside the five is refused; at most one open alert (`pending`, `retry`,
+/// `failed`) per account and channel; any number of `sent` and `expired` rows beside it.
+async fn the_schema_allows_one_open_alert_per_account_and_channel_and_five_statuses(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await.expect("test app");
+    let account = app
+        .insert_account(NewAccount::new("a@example.com", 1_000))
+        .await;
+    let insert = |status: &str, channel: &str| {
+        app.statement(
+            "INSERT INTO alert_logs (id, account_id, channel, threshold_minor, \
+               balance_at_alert_minor, status, attempts, created_at, claimed_at) \
+             VALUES ($1, $2, $3, 5000, 1000, $4, 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+            vec![
+                uuid::Uuid::new_v4().to_string().into(),
+                account.as_str().into(),
+                channel.into(),
+                status.into(),
+            ],
+        )
+    };
+    let try_insert = |status: &'static str, channel: &'static str| {
+        let statement = insert(status, channel);
+        let conn = &app.conn;
+        async move { conn.execute_raw(statement).await.map(|_| ()) }
+    };
+    assert!(
+        try_insert("delivered", "console").await.is_err(),
+        "a status outside the five is refused"
+    );
+    for status in ["sent", "expired", "sent", "expired", "pending"] {
+        try_insert(status, "console")
+            .await
+            .unwrap_or_else(|e| panic!("a {status} row beside closed ones: {e}"));
+    }
+    for open in ["pending", "retry", "failed"] {
+        assert!(
+            try_insert(open, "console").await.is_err(),
+            "a second open alert ({open}) for the same account and channel is refused"
+        );
+    }
+    for status in ["sent", "expired"] {
+        try_insert(status, "console")
+            .await
+            .unwrap_or_else(|e| panic!("a {status} row beside an open one: {e}"));
+    }
+    try_insert("retry", "webhook")
+        .await
+        .expect("an open alert on another channel");
+    app.exec(
+        "UPDATE alert_logs SET status = 'sent' WHERE account_id = $1 AND status = 'pending'",
+        vec![account.as_str().into()],
+    )
+    .await;
+    try_insert("failed", "console")
+        .await
+        .expect("a new open alert once the last one is closed");
+}

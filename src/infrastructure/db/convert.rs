@@ -53,8 +53,9 @@ impl TryFrom<alert_logs::Model> for AlertRecord {
     }
 }
 
-/// `status IN ('pending', 'retry', 'failed')`: the open alerts, written exactly as the
-/// predicate of the unique index `ux_alert_logs_open`, with literals (see [`status_literal`]).
+/// `status IN ('pending', 'retry', 'failed')`: the open alerts, as the predicate of the unique
+/// index `ux_alert_logs_open` defines them (on SQLite written `status <> 'sent' AND status <>
+/// 'expired'`, the same set: migration 13), with literals (see [`status_literal`]).
 pub(super) fn is_open() -> Expr {
     let open = [
         AlertStatus::Pending,
