@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Interleaved A/B of whole SQLite sweeps: the binaries take turns, round after round, each
+# on a fresh copy of its own database, so that this shared machine's drift (README
+# "Performance") hits every binary alike. Prints each run (wall and user seconds) and the
+# median wall time per binary.
+#
+#   scripts/ab.sh ROUNDS NAME=BINARY:DATABASE [NAME=BINARY:DATABASE ...]
+#
+# Each DATABASE is a SQLite file with accounts loaded and an empty alert_logs, already
+# migrated for its BINARY (`BINARY -c CONFIG migrate up` on a copy): e.g. the file
+# scripts/bench.sh leaves, loaded once under the older binary's schema and copied.
+set -euo pipefail
+if (($# < 2)); then
+  sed -n '2,11p' "$0" >&2
+  exit 2
+fi
+ROUNDS=$1
+shift
+WORK=$(mktemp -d /tmp/ab.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+declare -A walls
+for ((round = 1; round <= ROUNDS; round++)); do
+  for spec in "$@"; do
+    name=${spec%%=*}
+    rest=${spec#*=}
+    bin=${rest%%:*}
+    master=${rest#*:}
+    rm -rf "$WORK"/db* "$WORK"/logs
+    cp "$master" "$WORK/db"
+    printf '[database]\nurl = "sqlite://%s/db?mode=rwc"\n[log]\ndir = "%s/logs"\n' \
+      "$WORK" "$WORK" >"$WORK/config.toml"
+    sync
+    sleep 1
+    if ! /usr/bin/time -f "%e %U" -o "$WORK/time" "$bin" -c "$WORK/config.toml" sweep --json \
+      >/dev/null 2>"$WORK/stderr"; then
+      echo "round $round $name: the sweep failed" >&2
+      tail -3 "$WORK/stderr" >&2
+      exit 1
+    fi
+    read -r wall user <"$WORK/time"
+    echo "round $round $name wall ${wall}s user ${user}s"
+    walls[$name]+="$wall "
+  done
+done
+for spec in "$@"; do
+  name=${spec%%=*}
+  # shellcheck disable=SC2086 # one number per word
+  median=$(printf '%s\n' ${walls[$name]} | sort -g |
+    awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}')
+  echo "$name: ${walls[$name]}median ${median}s"
+done
