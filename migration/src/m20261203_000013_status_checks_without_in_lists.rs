@@ -19,8 +19,8 @@
 //! every index it had after migration 12. Its cost grows with the table: 3.1M alert rows
 //! took 19 s and left the 1.73 GB file 0.65 GB larger (the old pages become free pages,
 //! which later writes reuse; `VACUUM` returns them), with a WAL of 1.25 GB until it was
-//! checkpointed: it needs free disk of about twice the table's size. The daemon keeps systemd's start
-//! timeout extended while a migration runs.
+//! checkpointed: it needs free disk of about twice the table's size. The daemon keeps
+//! systemd's start timeout extended while a migration runs.
 
 use sea_orm_migration::prelude::*;
 
@@ -31,7 +31,9 @@ const COLUMNS: &str = "id, account_id, channel, threshold_minor, balance_at_aler
     status, attempts, last_error, created_at, claimed_at, sent_at, claimed_by, contact, \
     currency, resolved_at";
 
-/// The table of migration 6 with `status`'s CHECK written as `check`.
+/// The table of migration 6 with `status`'s CHECK written as `check`. Repeated here, not
+/// shared with migration 6: a released migration's SQL must never change, whatever a later
+/// one needs.
 fn create_table(name: &str, check: &str) -> String {
     format!(
         r#"CREATE TABLE {name} (

@@ -244,8 +244,8 @@ async fn the_schema_allows_one_open_alert_per_account_and_channel_and_five_statu
     let account = app
         .insert_account(NewAccount::new("a@example.com", 1_000))
         .await;
-    let insert = |status: &str, channel: &str| {
-        app.statement(
+    let try_insert = |status: &str, channel: &str| {
+        let statement = app.statement(
             "INSERT INTO alert_logs (id, account_id, channel, threshold_minor, \
                balance_at_alert_minor, status, attempts, created_at, claimed_at) \
              VALUES ($1, $2, $3, 5000, 1000, $4, 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
@@ -255,10 +255,7 @@ async fn the_schema_allows_one_open_alert_per_account_and_channel_and_five_statu
                 channel.into(),
                 status.into(),
             ],
-        )
-    };
-    let try_insert = |status: &'static str, channel: &'static str| {
-        let statement = insert(status, channel);
+        );
         let conn = &app.conn;
         async move { conn.execute_raw(statement).await.map(|_| ()) }
     };
