@@ -43,9 +43,11 @@ const SQLITE_CACHE_KIB: i64 = 2 * 1024;
 /// every 0.5 s; the 160 MB of WAL it leaves takes ~0.25 s to checkpoint).
 pub(crate) const SQLITE_CHECKPOINT_WHEN_IDLE: Duration = Duration::from_secs(1);
 
-/// SQLite's own autocheckpoint stays as a backstop (~200 MB of WAL), for a sweep so large
-/// that its WAL would otherwise grow without bound, and for a process without the task.
-const SQLITE_WAL_AUTOCHECKPOINT_PAGES: u32 = 50_000;
+/// SQLite's own autocheckpoint stays as a backstop (~400 MB of WAL), for a sweep so large
+/// that its WAL would otherwise grow without bound, and for a process without the task. It
+/// must stay above what a sweep of 100,000 alerts writes (~225 MB since the lease redesign):
+/// at ~200 MB it fired inside that sweep and cost it ~8% (README "Performance").
+const SQLITE_WAL_AUTOCHECKPOINT_PAGES: u32 = 100_000;
 
 /// Once checkpointed and reset, the WAL file is truncated to this size, so a large sweep
 /// does not leave a large file behind.
