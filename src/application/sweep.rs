@@ -374,7 +374,8 @@ pub(super) fn audit_given_up(ctx: &AlertContext, expired: &[Claim]) {
                 )),
                 contact: None,
             };
-            deliver::audit_entry(claim, &outcome, claim.account.owner_email.clone(), None)
+            let recipient = claim.account.owner_email.clone();
+            deliver::audit_entry(claim.clone(), &outcome, recipient, None)
         })
         .collect();
     if let Err(e) = ctx.audit.record(&entries) {
