@@ -31,14 +31,14 @@ for ((round = 1; round <= ROUNDS; round++)); do
       "$WORK" "$WORK" >"$WORK/config.toml"
     sync
     sleep 1
-    if ! /usr/bin/time -f "%e %U" -o "$WORK/time" "$bin" -c "$WORK/config.toml" sweep --json \
+    if ! /usr/bin/time -f "%e %U %S" -o "$WORK/time" "$bin" -c "$WORK/config.toml" sweep --json \
       >/dev/null 2>"$WORK/stderr"; then
       echo "round $round $name: the sweep failed" >&2
       tail -3 "$WORK/stderr" >&2
       exit 1
     fi
-    read -r wall user <"$WORK/time"
-    echo "round $round $name wall ${wall}s user ${user}s"
+    read -r wall user sys <"$WORK/time"
+    echo "round $round $name wall ${wall}s user ${user}s sys ${sys}s"
     walls[$name]+="$wall "
   done
 done
