@@ -42,10 +42,21 @@ for ((round = 1; round <= ROUNDS; round++)); do
     walls[$name]+="$wall "
   done
 done
+median() {
+  sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'
+}
+first=${1%%=*}
 for spec in "$@"; do
   name=${spec%%=*}
   # shellcheck disable=SC2086 # one number per word
-  median=$(printf '%s\n' ${walls[$name]} | sort -g |
-    awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}')
-  echo "$name: ${walls[$name]}median ${median}s"
+  line="$name: ${walls[$name]}median $(printf '%s\n' ${walls[$name]} | median)s"
+  if [[ $name != "$first" ]]; then
+    # Each round's ratio to the first binary's run of the same round, which ran minutes
+    # apart at most: steadier than the ratio of the medians when the machine drifts.
+    # shellcheck disable=SC2086
+    ratio=$(paste -d' ' <(printf '%s\n' ${walls[$name]}) <(printf '%s\n' ${walls[$first]}) |
+      awk '{printf "%.3f\n", $1 / $2}' | median)
+    line+=", median of per-round ratios to $first $ratio"
+  fi
+  echo "$line"
 done
