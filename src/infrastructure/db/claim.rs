@@ -23,13 +23,13 @@ use sea_orm::{
 
 use super::candidates::{Page, ReadAhead, accounts_changes};
 use super::conn::Conns;
-use super::convert::{account_columns, is_open, read_accounts, status_literal, to_records};
+use super::convert::{account_columns, is_open, read_accounts, read_records, status_literal};
 use super::entities::{accounts, alert_logs};
 use crate::domain::alert::before;
 use crate::domain::ports::{ClaimBatch, StoreError};
 use crate::domain::{
-    Account, AlertId, AlertRules, AlertStatus, ChannelName, Claim, Cutoffs, LeaseHolder, Policy,
-    plan_claims,
+    Account, AlertId, AlertRecord, AlertRules, AlertStatus, ChannelName, Claim, Cutoffs,
+    LeaseHolder, Policy, plan_claims,
 };
 
 /// Ids per `IN (...)` list: far below SQLite's 32,766 and PostgreSQL's 65,535 bind limits.
@@ -108,7 +108,7 @@ impl ClaimTxn<'_> {
             .map_err(conns.err("cannot read alert_logs"))?;
         let mut plan = plan_claims(
             &accounts,
-            &to_records(records)?,
+            &records,
             self.channels,
             self.rules,
             &cutoffs,
@@ -168,14 +168,7 @@ pub(super) async fn preview(
     let records = alerts_deciding(&conns.db, &accounts, rules, &cutoffs)
         .await
         .map_err(conns.err("cannot read alert_logs"))?;
-    let mut plan = plan_claims(
-        &accounts,
-        &to_records(records)?,
-        channels,
-        rules,
-        &cutoffs,
-        false,
-    );
+    let mut plan = plan_claims(&accounts, &records, channels, rules, &cutoffs, false);
     plan.tally.changed += page.changed(accounts.len() as u64);
     let mut claims = plan.new;
     claims.append(&mut plan.retries);
@@ -194,7 +187,7 @@ async fn alerts_deciding<C: ConnectionTrait>(
     accounts: &[Account],
     rules: &AlertRules,
     cutoffs: &Cutoffs,
-) -> Result<Vec<alert_logs::Model>, DbErr> {
+) -> Result<Vec<AlertRecord>, DbErr> {
     let ids: Vec<&str> = accounts.iter().map(|a| a.id.as_str()).collect();
     let once_ids: HashSet<&str> = accounts
         .iter()
@@ -288,7 +281,7 @@ async fn open_and_recent<C: ConnectionTrait>(
     accounts: &[&str],
     once_ids: &HashSet<&str>,
     since: DateTime<Utc>,
-) -> Result<Vec<alert_logs::Model>, DbErr> {
+) -> Result<Vec<AlertRecord>, DbErr> {
     let mut rows = Vec::new();
     let closed = || {
         Expr::col(L::Status).is_in([
@@ -322,12 +315,11 @@ async fn open_and_recent<C: ConnectionTrait>(
             wanted = wanted.add(unresolved.add(once_ids()));
             not_history = Some(not_old_sent(since, Condition::any().add(once_ids())));
         }
-        let mut part = alert_logs::Entity::find()
+        let select = alert_logs::Entity::find()
             .filter(L::AccountId.is_in(chunk.iter().copied()))
             .apply_if(not_history, QueryFilter::filter)
-            .filter(wanted)
-            .all(db)
-            .await?;
+            .filter(wanted);
+        let mut part = read_records(db, select).await?;
         rows.append(&mut part);
     }
     Ok(rows)

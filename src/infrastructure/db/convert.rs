@@ -1,7 +1,6 @@
 //! Rows to domain values. A row the daemon cannot interpret is an error naming the row,
 //! never a panic.
 
-use anyhow::anyhow;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::sqlx;
 use sea_orm::{
@@ -34,28 +33,6 @@ impl From<accounts::Model> for Account {
     }
 }
 
-impl TryFrom<alert_logs::Model> for AlertRecord {
-    type Error = anyhow::Error;
-
-    fn try_from(row: alert_logs::Model) -> Result<Self, Self::Error> {
-        let status = AlertStatus::parse(&row.status)
-            .ok_or_else(|| anyhow!("alert_logs row {}: unknown status {:?}", row.id, row.status))?;
-        Ok(Self {
-            id: AlertId::from_stored(row.id),
-            account_id: AccountId::new(row.account_id),
-            channel: ChannelName::new(row.channel),
-            status,
-            // A negative count can only come from a hand-edited row; read it as none.
-            attempts: u32::try_from(row.attempts).unwrap_or(0),
-            created_at: row.created_at,
-            claimed_at: row.claimed_at,
-            sent_at: row.sent_at,
-            contact: row.contact,
-            resolved_at: row.resolved_at,
-        })
-    }
-}
-
 /// `status IN ('pending', 'retry', 'failed')`: the open alerts, as the predicate of the unique
 /// index `ux_alert_logs_open` defines them (on SQLite written `status <> 'sent' AND status <>
 /// 'expired'`, the same set: migration 13), with literals (see [`status_literal`]).
@@ -84,13 +61,48 @@ pub(super) fn attempts_column(attempts: u32) -> i32 {
     i32::try_from(attempts).unwrap_or(i32::MAX)
 }
 
-/// Rows of `alert_logs` as the claim rules see them.
-pub(super) fn to_records(
-    rows: Vec<alert_logs::Model>,
-) -> Result<Vec<AlertRecord>, crate::domain::ports::StoreError> {
-    rows.into_iter()
-        .map(|row| AlertRecord::try_from(row).map_err(crate::domain::ports::StoreError::Unexpected))
-        .collect()
+/// The alerts of `select` as the claim rules see them.
+pub(super) async fn read_records<C: ConnectionTrait>(
+    db: &C,
+    select: sea_orm::Select<alert_logs::Entity>,
+) -> Result<Vec<AlertRecord>, DbErr> {
+    use alert_logs::Column as L;
+    let select = select.select_only().columns([
+        L::Id,
+        L::AccountId,
+        L::Channel,
+        L::Status,
+        L::Attempts,
+        L::CreatedAt,
+        L::ClaimedAt,
+        L::SentAt,
+        L::Contact,
+        L::ResolvedAt,
+    ]);
+    let rows = db.query_all(&select.into_query()).await?;
+    rows.iter().map(record).collect()
+}
+
+/// An alert from a row of [`read_records`]'s columns; a status the daemon does not know is an
+/// error naming the row.
+fn record(row: &QueryResult) -> Result<AlertRecord, DbErr> {
+    let id: String = column(row, 0)?;
+    let stored: String = column(row, 3)?;
+    let status = AlertStatus::parse(&stored)
+        .ok_or_else(|| DbErr::Type(format!("alert_logs row {id}: unknown status {stored:?}")))?;
+    Ok(AlertRecord {
+        id: AlertId::from_stored(id),
+        account_id: AccountId::new(column::<String>(row, 1)?),
+        channel: ChannelName::new(column::<String>(row, 2)?),
+        status,
+        // A negative count can only come from a hand-edited row; read it as none.
+        attempts: u32::try_from(column::<i32>(row, 4)?).unwrap_or(0),
+        created_at: column(row, 5)?,
+        claimed_at: column(row, 6)?,
+        sent_at: column(row, 7)?,
+        contact: column(row, 8)?,
+        resolved_at: column(row, 9)?,
+    })
 }
 
 /// The account columns a claim decides on.
@@ -142,7 +154,8 @@ fn account(row: &QueryResult) -> Result<Account, DbErr> {
 
 /// Column `index` of a row, decoded by sqlx itself. SeaORM's `TryGetable` formats an error
 /// message for every NULL it then turns into `None`: with the accounts' six optional
-/// columns, ~600,000 heap allocations and formats in a sweep of 100,000 alerts.
+/// columns, ~600,000 heap allocations and formats in a sweep of 100,000 alerts; alert rows
+/// have up to three more.
 fn column<T>(row: &QueryResult, index: usize) -> Result<T, DbErr>
 where
     T: TryGetable
