@@ -303,6 +303,12 @@ async fn a_permanent_failure_is_parked_until_the_address_changes_then_keeps_its_
             "a permanent failure is parked, not attempted again on the same address"
         );
     }
+    // `check` takes no candidate listing: the claim itself reads the contact the alert
+    // failed on and decides on it.
+    assert!(matches!(
+        only_outcome(app.check(&id).await),
+        ChannelResult::NotDue(Decision::Parked { .. })
+    ));
     let rows = app.alert_rows(&id).await;
     assert_eq!((rows[0].status.as_str(), rows[0].attempts), ("failed", 1));
     app.exec(
