@@ -45,8 +45,8 @@ pub(crate) const SQLITE_CHECKPOINT_WHEN_IDLE: Duration = Duration::from_secs(1);
 
 /// SQLite's own autocheckpoint stays as a backstop (~400 MB of WAL), for a sweep so large
 /// that its WAL would otherwise grow without bound, and for a process without the task. It
-/// must stay above what a sweep of 100,000 alerts writes (~225 MB since the lease redesign):
-/// at ~200 MB it fired inside that sweep and cost it ~8% (README "Performance").
+/// must stay above the WAL a sweep of 100,000 alerts writes (README "Performance"): fired
+/// inside a sweep, it stalls every claim and outcome behind its copy.
 const SQLITE_WAL_AUTOCHECKPOINT_PAGES: u32 = 100_000;
 
 /// Once checkpointed and reset, the WAL file is truncated to this size, so a large sweep
