@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Interleaved A/B of whole SQLite sweeps: the binaries take turns, round after round, each
-# on a fresh copy of its own database, so that this shared machine's drift (README
-# "Performance") hits every binary alike. Prints each run (wall and user seconds) and the
-# median wall time per binary.
+# Interleaved A/B of whole sweeps: the binaries take turns, round after round, each on a
+# fresh copy of its own database, so that this shared machine's drift (README
+# "Performance") hits every binary alike. Prints each run (wall, user and system seconds of
+# the sweep, CPU seconds of the whole machine meanwhile) and the median wall time per binary.
 #
 #   scripts/ab.sh ROUNDS NAME=BINARY:DATABASE [NAME=BINARY:DATABASE ...]
 #
 # Each DATABASE is a SQLite file with accounts loaded and an empty alert_logs, already
 # migrated for its BINARY (`BINARY -c CONFIG migrate up` on a copy): e.g. the file
-# scripts/bench.sh leaves, loaded once under the older binary's schema and copied.
+# scripts/bench.sh leaves, loaded once under the older binary's schema and copied. Or a
+# PostgreSQL URL (postgres://...) of a database migrated for its BINARY: before each run its
+# alert_logs is emptied and both tables vacuumed, analysed and checkpointed.
 set -euo pipefail
 if (($# < 2)); then
   sed -n '2,11p' "$0" >&2
@@ -19,6 +21,11 @@ shift
 WORK=$(mktemp -d /tmp/ab.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 declare -A walls
+# CPU seconds the whole machine spent busy (user, nice, system, irq, softirq) since boot: a
+# PostgreSQL server's work is not in the sweep's own user and system time.
+machine_busy() {
+  awk -v hz="$(getconf CLK_TCK)" '/^cpu / {printf "%.2f\n", ($2 + $3 + $4 + $7 + $8) / hz}' /proc/stat
+}
 for ((round = 1; round <= ROUNDS; round++)); do
   for spec in "$@"; do
     name=${spec%%=*}
@@ -26,19 +33,27 @@ for ((round = 1; round <= ROUNDS; round++)); do
     bin=${rest%%:*}
     master=${rest#*:}
     rm -rf "$WORK"/db* "$WORK"/logs
-    cp "$master" "$WORK/db"
-    printf '[database]\nurl = "sqlite://%s/db?mode=rwc"\n[log]\ndir = "%s/logs"\n' \
-      "$WORK" "$WORK" >"$WORK/config.toml"
+    if [[ $master == postgres://* ]]; then
+      psql -q -v ON_ERROR_STOP=1 "$master" -c "TRUNCATE alert_logs" -c "VACUUM ANALYZE" \
+        -c "CHECKPOINT"
+      url=$master
+    else
+      cp "$master" "$WORK/db"
+      url="sqlite://$WORK/db?mode=rwc"
+    fi
+    printf '[database]\nurl = "%s"\n[log]\ndir = "%s/logs"\n' "$url" "$WORK" >"$WORK/config.toml"
     sync
     sleep 1
+    busy_before=$(machine_busy)
     if ! /usr/bin/time -f "%e %U %S" -o "$WORK/time" "$bin" -c "$WORK/config.toml" sweep --json \
       >/dev/null 2>"$WORK/stderr"; then
       echo "round $round $name: the sweep failed" >&2
       tail -3 "$WORK/stderr" >&2
       exit 1
     fi
+    busy=$(echo "$(machine_busy) - $busy_before" | bc)
     read -r wall user sys <"$WORK/time"
-    echo "round $round $name wall ${wall}s user ${user}s sys ${sys}s"
+    echo "round $round $name wall ${wall}s user ${user}s sys ${sys}s machine CPU ${busy}s"
     walls[$name]+="$wall "
   done
 done
