@@ -1,14 +1,15 @@
 //! The sweep's candidates: accounts below their threshold that are not blocked on every
 //! channel, in keyset pages of account ids, listed without locks. The claim reads a page's
-//! accounts again under its lock and decides on that. On SQLite the listing reads the
-//! accounts themselves, with a count of the changes to `accounts` ([`ReadAhead`]): the
+//! accounts again under its lock and decides on that. On PostgreSQL the listing returns the
+//! page's ids, which the claim locks and reads by primary key. On SQLite the listing reads
+//! the accounts themselves, with a count of the changes to `accounts` ([`ReadAhead`]): the
 //! single writer, which every claim and outcome waits for, then reads them again only if
 //! something changed — instead of scanning the accounts for every page itself.
 
-use sea_orm::sea_query::{Expr, ExprTrait, Func, Query};
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
+    QueryOrder, QuerySelect, TransactionTrait,
 };
 
 use super::conn::Conns;
@@ -191,8 +192,9 @@ impl Part {
 }
 
 /// One page of candidates, in account-id order: listed without locks, the claim reads its
-/// accounts again under its lock (the same filter on the same id range) and decides on that —
-/// unless the page was read ahead ([`ReadAhead`]) and nothing in `accounts` changed since.
+/// accounts again under its lock and decides on that — by the ids listed ([`Page::ids`]), or
+/// with the same filter on the same id range, unless the page was read ahead ([`ReadAhead`])
+/// and nothing in `accounts` changed since.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Page {
     pub(super) part: Part,
@@ -204,6 +206,12 @@ pub(super) struct Page {
     /// meanwhile, or (PostgreSQL) are locked by another claimer.
     listed: u64,
     pub(super) ahead: Option<ReadAhead>,
+    /// PostgreSQL: the ids listed, in order. The claim locks and reads these rows by primary
+    /// key: its decision needs every column under the lock anyway, and probing each
+    /// account's alerts again there, as the range filter does, only repeats the listing's
+    /// work (the claim reads the alerts it decides on itself). Empty where the page was read
+    /// ahead.
+    pub(super) ids: Vec<String>,
 }
 
 /// SQLite: the page's accounts as listed, and `accounts_changes.changes` read in the same
@@ -300,12 +308,13 @@ pub(super) async fn next_page(
     )
     .add(after(after_id.as_deref()));
     let limit = u64::from(Ord::max(listing.page_size, 1));
-    let page = |last, listed, ahead| Page {
+    let page = |last, listed, ahead, ids| Page {
         part,
         after: after_id.clone(),
         last,
         listed,
         ahead,
+        ids,
     };
     if conns.dialect.reads_pages_ahead() {
         let select = account_columns()
@@ -325,27 +334,22 @@ pub(super) async fn next_page(
             last,
             listed,
             Some(ReadAhead { accounts, changes }),
+            Vec::new(),
         )));
     }
-    let ids = accounts::Entity::find()
+    let ids: Vec<String> = accounts::Entity::find()
         .select_only()
         .column(A::Id)
         .filter(filter)
         .order_by_asc(A::Id)
         .limit(limit)
-        .into_query();
-    let bounds = Query::select()
-        .expr(Func::count(Expr::col(A::Id)))
-        .expr(Func::max(Expr::col(A::Id)))
-        .from_subquery(ids, "page")
-        .to_owned();
-    let row = conns.db.query_one(&bounds).await?;
-    let (listed, last): (i64, Option<String>) = match row {
-        Some(row) => (row.try_get_by_index(0)?, row.try_get_by_index(1)?),
-        None => (0, None),
+        .into_tuple()
+        .all(&conns.db)
+        .await?;
+    let Some(last) = ids.last().cloned() else {
+        return Ok(None);
     };
-    let listed = u64::try_from(listed).unwrap_or_default();
-    Ok(last.map(|last| page(last, listed, None)))
+    Ok(Some(page(last, ids.len() as u64, None, ids)))
 }
 
 /// SQLite: how many times `accounts` rows were updated or deleted (migration 11).

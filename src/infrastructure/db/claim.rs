@@ -47,8 +47,9 @@ use alert_logs::Column as L;
 pub(super) enum Scope<'a> {
     /// These accounts, by id (a check).
     Ids(&'a [String]),
-    /// A sweep's page of candidates, read again under the lock unless it was read ahead and
-    /// `accounts` has not changed since.
+    /// A sweep's page of candidates, read again under the lock (by the ids listed, or by id
+    /// range with the listing's filter) unless it was read ahead and `accounts` has not
+    /// changed since.
     Page(Page),
 }
 
@@ -90,6 +91,11 @@ impl ClaimTxn<'_> {
                             .map_err(conns.err("cannot read accounts_changes"))? =>
                     {
                         ahead.accounts
+                    }
+                    _ if !page.ids.is_empty() => {
+                        lock_and_read(&txn, conns, account_columns(), &page.ids, self.wait)
+                            .await
+                            .map_err(conns.err("cannot lock accounts"))?
                     }
                     _ => {
                         let select =
