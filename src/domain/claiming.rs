@@ -22,8 +22,8 @@ pub struct ClaimTally {
     /// Locked by another claimer at that moment (a check's account; see `changed` for pages).
     pub locked: u64,
     /// No longer below the threshold when read under the lock (topped up, re-thresholded).
-    /// For a sweep's page also every listed account the lock no longer finds: deleted,
-    /// (PostgreSQL) locked by another claimer, or (read again by id range) changed.
+    /// For a sweep's page also every listed account the lock no longer finds: deleted, or
+    /// (PostgreSQL) locked by another claimer.
     pub changed: u64,
     /// Deleted since it was listed.
     pub gone: u64,

@@ -18,8 +18,7 @@ use super::dialect::Dialect;
 use super::entities::{accounts, alert_logs};
 use crate::domain::ports::{AccountCounts, StoreError};
 use crate::domain::{
-    Account, AlertRules, AlertStatus, ChannelName, Cutoffs, Policy, PolicyDefaults, ThresholdGroup,
-    Thresholds,
+    Account, AlertStatus, ChannelName, Cutoffs, Policy, PolicyDefaults, ThresholdGroup, Thresholds,
 };
 
 /// `currency` is one of the group's codes (or null, when the group holds the default
@@ -191,68 +190,53 @@ impl Part {
     }
 }
 
-/// One page of candidates, in account-id order: listed without locks, the claim reads its
-/// accounts again under its lock and decides on that — by the ids listed ([`Page::ids`]), or
-/// with the same filter on the same id range, unless the page was read ahead ([`ReadAhead`])
-/// and nothing in `accounts` changed since.
+/// One page of candidates, in account-id order, listed without locks. The claim reads its
+/// accounts again under its lock, by the ids listed, and decides on that — unless the page
+/// was read ahead ([`Listed::Ahead`]) and nothing in `accounts` changed since.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Page {
     pub(super) part: Part,
-    /// Exclusive lower bound (the previous page's last id).
-    after: Option<String>,
-    /// Inclusive upper bound: the last account listed.
+    /// The last account listed: the next page of the part starts after it.
     pub(super) last: String,
-    /// How many accounts were listed; those the claim no longer finds changed or were deleted
-    /// meanwhile, or (PostgreSQL) are locked by another claimer.
-    listed: u64,
-    pub(super) ahead: Option<ReadAhead>,
-    /// PostgreSQL: the ids listed, in order. The claim locks and reads these rows by primary
-    /// key: its decision needs every column under the lock anyway, and probing each
-    /// account's alerts again there, as the range filter does, only repeats the listing's
-    /// work (the claim reads the alerts it decides on itself). Empty where the page was read
-    /// ahead.
-    pub(super) ids: Vec<String>,
+    pub(super) listed: Listed,
 }
 
-/// SQLite: the page's accounts as listed, and `accounts_changes.changes` read in the same
-/// read transaction (migration 11). A claim that reads the same count under the write lock
-/// decides on these rows: no account was updated or deleted in between.
+/// What the listing read of a page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Listed {
+    /// SQLite: the page's accounts, and `accounts_changes.changes` read in the same read
+    /// transaction (migration 11). A claim that reads the same count under the write lock
+    /// decides on these rows: no account was updated or deleted in between.
+    Ahead(ReadAhead),
+    /// PostgreSQL: the ids, in order. The claim's decision needs every column read under the
+    /// lock anyway, by primary key; the listing's probes of each account's alerts need not
+    /// run again there (the claim reads the alerts it decides on itself).
+    Ids(Vec<String>),
+}
+
+/// See [`Listed::Ahead`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct ReadAhead {
     pub(super) accounts: Vec<Account>,
     pub(super) changes: i64,
 }
 
-impl Page {
-    /// The page's accounts that are still candidates: below their threshold, claimable on a
-    /// channel with `cutoffs`, in the page's id range.
-    pub(super) fn filter(
-        &self,
-        rules: &AlertRules,
-        channels: &[ChannelName],
-        cutoffs: &Cutoffs,
-        dialect: Dialect,
-    ) -> Condition {
-        candidates(
-            &rules.thresholds,
-            channels,
-            cutoffs,
-            &rules.policy,
-            dialect,
-            self.part,
-        )
-        .add(after(self.after.as_deref()))
-        .add(accounts::Column::Id.lte(self.last.as_str()))
+impl Listed {
+    /// How many accounts were listed; those the claim no longer finds were deleted meanwhile
+    /// or (PostgreSQL) are locked by another claimer.
+    pub(super) fn len(&self) -> u64 {
+        let n = match self {
+            Self::Ahead(ahead) => ahead.accounts.len(),
+            Self::Ids(ids) => ids.len(),
+        };
+        n as u64
     }
+}
 
+impl Page {
     /// Whether the page was full, so that another may follow it in its part.
     pub(super) fn full(&self, page_size: u32) -> bool {
-        self.listed >= u64::from(Ord::max(page_size, 1))
-    }
-
-    /// Accounts listed but not found by the claim.
-    pub(super) fn changed(&self, read: u64) -> u64 {
-        self.listed.saturating_sub(read)
+        self.listed.len() >= u64::from(Ord::max(page_size, 1))
     }
 }
 
@@ -290,7 +274,7 @@ pub(super) struct Listing {
 
 /// Lists the next page of `part` after `after`, or `None` past its end. Where the claims
 /// have one writer to share ([`Dialect::reads_pages_ahead`]), the page's accounts are read
-/// with it; otherwise only its size and last id.
+/// with it; otherwise its ids.
 pub(super) async fn next_page(
     conns: &Conns,
     listing: &Listing,
@@ -308,14 +292,6 @@ pub(super) async fn next_page(
     )
     .add(after(after_id.as_deref()));
     let limit = u64::from(Ord::max(listing.page_size, 1));
-    let page = |last, listed, ahead, ids| Page {
-        part,
-        after: after_id.clone(),
-        last,
-        listed,
-        ahead,
-        ids,
-    };
     if conns.dialect.reads_pages_ahead() {
         let select = account_columns()
             .filter(filter)
@@ -329,13 +305,11 @@ pub(super) async fn next_page(
         let Some(last) = accounts.last().map(|a| a.id.as_str().to_owned()) else {
             return Ok(None);
         };
-        let listed = accounts.len() as u64;
-        return Ok(Some(page(
+        return Ok(Some(Page {
+            part,
             last,
-            listed,
-            Some(ReadAhead { accounts, changes }),
-            Vec::new(),
-        )));
+            listed: Listed::Ahead(ReadAhead { accounts, changes }),
+        }));
     }
     let ids: Vec<String> = accounts::Entity::find()
         .select_only()
@@ -349,7 +323,11 @@ pub(super) async fn next_page(
     let Some(last) = ids.last().cloned() else {
         return Ok(None);
     };
-    Ok(Some(page(last, ids.len() as u64, None, ids)))
+    Ok(Some(Page {
+        part,
+        last,
+        listed: Listed::Ids(ids),
+    }))
 }
 
 /// SQLite: how many times `accounts` rows were updated or deleted (migration 11).

@@ -21,7 +21,7 @@ use sea_orm::{
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
 };
 
-use super::candidates::{Page, ReadAhead, accounts_changes};
+use super::candidates::{Listed, Page, ReadAhead, accounts_changes};
 use super::conn::Conns;
 use super::convert::{account_columns, is_open, read_accounts, read_records, status_literal};
 use super::entities::{accounts, alert_logs};
@@ -47,9 +47,8 @@ use alert_logs::Column as L;
 pub(super) enum Scope<'a> {
     /// These accounts, by id (a check).
     Ids(&'a [String]),
-    /// A sweep's page of candidates, read again under the lock (by the ids listed, or by id
-    /// range with the listing's filter) unless it was read ahead and `accounts` has not
-    /// changed since.
+    /// A sweep's page of candidates, read again under the lock by its ids unless it was read
+    /// ahead and `accounts` has not changed since.
     Page(Page),
 }
 
@@ -65,6 +64,12 @@ pub(super) struct ClaimTxn<'a> {
 }
 
 impl ClaimTxn<'_> {
+    /// How this claim locks the accounts it reads.
+    fn lock(&self, conns: &Conns) -> impl Fn(AccountSelect) -> AccountSelect {
+        let (dialect, wait) = (conns.dialect, self.wait);
+        move |select| dialect.lock_rows(select, wait)
+    }
+
     /// Claims for the accounts of `scope` and commits.
     pub(super) async fn run(
         &self,
@@ -75,7 +80,7 @@ impl ClaimTxn<'_> {
         let txn = conns.begin_write().await?;
         let (accounts, locked, gone, changed) = match scope {
             Scope::Ids(ids) => {
-                let accounts = lock_and_read(&txn, conns, account_columns(), ids, self.wait)
+                let accounts = read_by_ids(&txn, ids, self.lock(conns))
                     .await
                     .map_err(conns.err("cannot lock accounts"))?;
                 let (locked, gone) = missing(&txn, ids, &accounts)
@@ -83,29 +88,27 @@ impl ClaimTxn<'_> {
                     .map_err(conns.err("cannot read accounts"))?;
                 (accounts, locked, gone, 0)
             }
-            Scope::Page(mut page) => {
-                let accounts = match page.ahead.take() {
-                    Some(ahead)
+            Scope::Page(page) => {
+                let listed = page.listed.len();
+                let accounts = match page.listed {
+                    Listed::Ahead(ahead)
                         if unchanged(&txn, &ahead)
                             .await
                             .map_err(conns.err("cannot read accounts_changes"))? =>
                     {
                         ahead.accounts
                     }
-                    _ if !page.ids.is_empty() => {
-                        lock_and_read(&txn, conns, account_columns(), &page.ids, self.wait)
+                    Listed::Ahead(ahead) => {
+                        let ids: Vec<&str> = ahead.accounts.iter().map(|a| a.id.as_str()).collect();
+                        read_by_ids(&txn, &ids, self.lock(conns))
                             .await
                             .map_err(conns.err("cannot lock accounts"))?
                     }
-                    _ => {
-                        let select =
-                            page_accounts(&page, self.rules, self.channels, &cutoffs, conns);
-                        read_accounts(&txn, conns.dialect.lock_rows(select, self.wait))
-                            .await
-                            .map_err(conns.err("cannot lock accounts"))?
-                    }
+                    Listed::Ids(ids) => read_by_ids(&txn, &ids, self.lock(conns))
+                        .await
+                        .map_err(conns.err("cannot lock accounts"))?,
                 };
-                let changed = page.changed(accounts.len() as u64);
+                let changed = listed.saturating_sub(accounts.len() as u64);
                 (accounts, 0, 0, changed)
             }
         };
@@ -159,23 +162,21 @@ pub(super) async fn preview(
     channels: &[ChannelName],
     rules: &AlertRules,
     now: DateTime<Utc>,
-    mut page: Page,
+    page: Page,
 ) -> Result<ClaimBatch, StoreError> {
     let cutoffs = rules.cutoffs(now);
-    let accounts = match page.ahead.take() {
-        Some(ahead) => ahead.accounts,
-        None => read_accounts(
-            &conns.db,
-            page_accounts(&page, rules, channels, &cutoffs, conns),
-        )
-        .await
-        .map_err(conns.err("cannot read accounts"))?,
+    let listed = page.listed.len();
+    let accounts = match page.listed {
+        Listed::Ahead(ahead) => ahead.accounts,
+        Listed::Ids(ids) => read_by_ids(&conns.db, &ids, |select| select)
+            .await
+            .map_err(conns.err("cannot read accounts"))?,
     };
     let records = alerts_deciding(&conns.db, &accounts, rules, &cutoffs)
         .await
         .map_err(conns.err("cannot read alert_logs"))?;
     let mut plan = plan_claims(&accounts, &records, channels, rules, &cutoffs, false);
-    plan.tally.changed += page.changed(accounts.len() as u64);
+    plan.tally.changed += listed.saturating_sub(accounts.len() as u64);
     let mut claims = plan.new;
     claims.append(&mut plan.retries);
     Ok(ClaimBatch {
@@ -203,43 +204,30 @@ async fn alerts_deciding<C: ConnectionTrait>(
     open_and_recent(db, &ids, &once_ids, records_since(cutoffs)).await
 }
 
-/// The columns of a page's candidates, in id order.
-fn page_accounts(
-    page: &Page,
-    rules: &AlertRules,
-    channels: &[ChannelName],
-    cutoffs: &Cutoffs,
-    conns: &Conns,
-) -> sea_orm::Select<accounts::Entity> {
-    account_columns()
-        .filter(page.filter(rules, channels, cutoffs, conns.dialect))
-        .order_by_asc(accounts::Column::Id)
-}
-
 /// Whether no account was updated or deleted since the page was read ahead (the count is
 /// read under the write lock, so nothing can change it until the claim commits).
 async fn unchanged(txn: &DatabaseTransaction, ahead: &ReadAhead) -> Result<bool, DbErr> {
     Ok(accounts_changes(txn).await? == ahead.changes)
 }
 
-/// Locks the accounts and reads them as they are now, in id order; an account another
-/// claimer holds (PostgreSQL, sweep) or one deleted is left out.
-async fn lock_and_read(
-    txn: &DatabaseTransaction,
-    conns: &Conns,
-    select: sea_orm::Select<accounts::Entity>,
-    ids: &[String],
-    wait: bool,
+type AccountSelect = sea_orm::Select<accounts::Entity>;
+
+/// Reads these accounts as they are now, in id order, locked by `lock` (the claim's
+/// [`Dialect::lock_rows`](super::dialect::Dialect::lock_rows); a dry run reads without
+/// locks). An account another claimer holds (PostgreSQL, sweep) or one deleted is left out.
+async fn read_by_ids<C: ConnectionTrait, S: AsRef<str>>(
+    db: &C,
+    ids: &[S],
+    lock: impl Fn(AccountSelect) -> AccountSelect,
 ) -> Result<Vec<Account>, DbErr> {
     use accounts::Column as A;
     let mut out = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(IDS_PER_QUERY) {
-        let select = select
-            .clone()
-            .filter(A::Id.is_in(chunk.iter().map(String::as_str)))
+        let select = account_columns()
+            .filter(A::Id.is_in(chunk.iter().map(AsRef::as_ref)))
             // One order for every claimer, so waiting claimers cannot deadlock.
             .order_by_asc(A::Id);
-        out.append(&mut read_accounts(txn, conns.dialect.lock_rows(select, wait)).await?);
+        out.append(&mut read_accounts(db, lock(select)).await?);
     }
     Ok(out)
 }
