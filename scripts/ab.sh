@@ -11,15 +11,21 @@
 # scripts/bench.sh leaves, loaded once under the older binary's schema and copied. Or a
 # PostgreSQL URL (postgres://...) of a database migrated for its BINARY: before each run its
 # alert_logs is emptied and both tables vacuumed, analysed and checkpointed.
+#
+# AB_WRITE_EVERY=0.005: while each sweep runs, another process updates the balance of a
+# random account above 50.00 every that many seconds (SQLite only), as a bank's systems
+# write accounts during a sweep: the claims then find their read-ahead pages changed.
 set -euo pipefail
 if (($# < 2)); then
-  sed -n '2,11p' "$0" >&2
+  sed -n '2,17p' "$0" >&2
   exit 2
 fi
+WRITE_EVERY=${AB_WRITE_EVERY:-}
 ROUNDS=$1
 shift
 WORK=$(mktemp -d /tmp/ab.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
+writer=
+trap 'if [[ -n $writer ]]; then kill "$writer" 2>/dev/null || true; fi; rm -rf "$WORK"' EXIT
 declare -A walls
 # CPU seconds the whole machine spent busy (user, nice, system, irq, softirq) since boot: a
 # PostgreSQL server's work is not in the sweep's own user and system time.
@@ -44,6 +50,20 @@ for ((round = 1; round <= ROUNDS; round++)); do
     printf '[database]\nurl = "%s"\n[log]\ndir = "%s/logs"\n' "$url" "$WORK" >"$WORK/config.toml"
     sync
     sleep 1
+    writer=
+    if [[ -n $WRITE_EVERY && $master != postgres://* ]]; then
+      python3 - "$WORK/db" "$WRITE_EVERY" <<'PY' &
+import random, sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], timeout=60, isolation_level=None)
+(last,) = db.execute("SELECT max(rowid) FROM accounts").fetchone()
+while True:
+    db.execute("UPDATE accounts SET balance_minor = balance_minor + 1 "
+               "WHERE rowid = ? AND balance_minor >= 5000", (random.randint(1, last),))
+    time.sleep(float(sys.argv[2]))
+PY
+      writer=$!
+      sleep 0.5
+    fi
     busy_before=$(machine_busy)
     if ! /usr/bin/time -f "%e %U %S" -o "$WORK/time" "$bin" -c "$WORK/config.toml" sweep --json \
       >/dev/null 2>"$WORK/stderr"; then
@@ -52,8 +72,15 @@ for ((round = 1; round <= ROUNDS; round++)); do
       exit 1
     fi
     busy=$(echo "$(machine_busy) - $busy_before" | bc)
+    writes=
+    if [[ -n $writer ]]; then
+      kill "$writer"
+      wait "$writer" 2>/dev/null || true
+      writer=
+      writes=" accounts written $(sqlite3 "$WORK/db" "SELECT changes FROM accounts_changes" 2>/dev/null || echo '?')"
+    fi
     read -r wall user sys <"$WORK/time"
-    echo "round $round $name wall ${wall}s user ${user}s sys ${sys}s machine CPU ${busy}s"
+    echo "round $round $name wall ${wall}s user ${user}s sys ${sys}s machine CPU ${busy}s$writes"
     walls[$name]+="$wall "
   done
 done
