@@ -231,6 +231,14 @@ impl Listed {
         };
         n as u64
     }
+
+    /// The ids listed, in order.
+    pub(super) fn ids(&self) -> Vec<&str> {
+        match self {
+            Self::Ahead(ahead) => ahead.accounts.iter().map(|a| a.id.as_str()).collect(),
+            Self::Ids(ids) => ids.iter().map(String::as_str).collect(),
+        }
+    }
 }
 
 impl Page {

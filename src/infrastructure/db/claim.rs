@@ -98,13 +98,7 @@ impl ClaimTxn<'_> {
                     {
                         ahead.accounts
                     }
-                    Listed::Ahead(ahead) => {
-                        let ids: Vec<&str> = ahead.accounts.iter().map(|a| a.id.as_str()).collect();
-                        read_by_ids(&txn, &ids, self.lock(conns))
-                            .await
-                            .map_err(conns.err("cannot lock accounts"))?
-                    }
-                    Listed::Ids(ids) => read_by_ids(&txn, &ids, self.lock(conns))
+                    listed => read_by_ids(&txn, &listed.ids(), self.lock(conns))
                         .await
                         .map_err(conns.err("cannot lock accounts"))?,
                 };

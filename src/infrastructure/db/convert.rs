@@ -87,21 +87,22 @@ pub(super) async fn read_records<C: ConnectionTrait>(
 /// error naming the row.
 fn record(row: &QueryResult) -> Result<AlertRecord, DbErr> {
     let id: String = column(row, 0)?;
-    let stored: String = column(row, 3)?;
+    let at = |e: DbErr| DbErr::Type(format!("alert_logs row {id}: {e}"));
+    let stored: String = column(row, 3).map_err(at)?;
     let status = AlertStatus::parse(&stored)
         .ok_or_else(|| DbErr::Type(format!("alert_logs row {id}: unknown status {stored:?}")))?;
     Ok(AlertRecord {
-        id: AlertId::from_stored(id),
-        account_id: AccountId::new(column::<String>(row, 1)?),
-        channel: ChannelName::new(column::<String>(row, 2)?),
+        account_id: AccountId::new(column::<String>(row, 1).map_err(at)?),
+        channel: ChannelName::new(column::<String>(row, 2).map_err(at)?),
         status,
         // A negative count can only come from a hand-edited row; read it as none.
-        attempts: u32::try_from(column::<i32>(row, 4)?).unwrap_or(0),
-        created_at: column(row, 5)?,
-        claimed_at: column(row, 6)?,
-        sent_at: column(row, 7)?,
-        contact: column(row, 8)?,
-        resolved_at: column(row, 9)?,
+        attempts: u32::try_from(column::<i32>(row, 4).map_err(at)?).unwrap_or(0),
+        created_at: column(row, 5).map_err(at)?,
+        claimed_at: column(row, 6).map_err(at)?,
+        sent_at: column(row, 7).map_err(at)?,
+        contact: column(row, 8).map_err(at)?,
+        resolved_at: column(row, 9).map_err(at)?,
+        id: AlertId::from_stored(id),
     })
 }
 
@@ -134,28 +135,31 @@ pub(super) async fn read_accounts<C: ConnectionTrait>(
 
 /// An account as a claim decides on it, from a row of [`account_columns`].
 fn account(row: &QueryResult) -> Result<Account, DbErr> {
+    let id: String = column(row, 0)?;
+    let at = |e: DbErr| DbErr::Type(format!("accounts row {id}: {e}"));
     Ok(Account {
-        id: AccountId::new(column::<String>(row, 0)?),
-        owner_email: column(row, 1)?,
-        owner_name: column(row, 2)?,
-        balance: Money::from_minor(column(row, 3)?),
-        threshold_override: column::<Option<i64>>(row, 4)?.map(Money::from_minor),
+        owner_email: column(row, 1).map_err(at)?,
+        owner_name: column(row, 2).map_err(at)?,
+        balance: Money::from_minor(column(row, 3).map_err(at)?),
+        threshold_override: column::<Option<i64>>(row, 4)
+            .map_err(at)?
+            .map(Money::from_minor),
         updated_at: None,
-        owner_phone: column(row, 5)?,
+        owner_phone: column(row, 5).map_err(at)?,
         settings: AccountSettings {
-            currency: column(row, 6)?,
-            alert_policy: column(row, 7)?,
-            alert_channels: column(row, 8)?,
-            timezone: column(row, 9)?,
-            quiet_hours: column(row, 10)?,
+            currency: column(row, 6).map_err(at)?,
+            alert_policy: column(row, 7).map_err(at)?,
+            alert_channels: column(row, 8).map_err(at)?,
+            timezone: column(row, 9).map_err(at)?,
+            quiet_hours: column(row, 10).map_err(at)?,
         },
+        id: AccountId::new(id),
     })
 }
 
-/// Column `index` of a row, decoded by sqlx itself. SeaORM's `TryGetable` formats an error
-/// message for every NULL it then turns into `None`: with the accounts' six optional
-/// columns, ~600,000 heap allocations and formats in a sweep of 100,000 alerts; alert rows
-/// have up to three more.
+/// Column `index` of a row, decoded by sqlx itself: SeaORM's `TryGetable` formats an error
+/// message for every NULL it then turns into `None`, and most optional columns of a bank's
+/// rows are NULL (README "Performance").
 fn column<T>(row: &QueryResult, index: usize) -> Result<T, DbErr>
 where
     T: TryGetable
