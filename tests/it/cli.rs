@@ -706,3 +706,26 @@ fn a_config_file_with_secrets_readable_by_others_is_warned_about() {
     );
     assert!(!(stdout(&out) + &stderr(&out)).contains("readable by other users"));
 }
+
+/// Only SQLite can store a value its column's type cannot decode (the bank's systems wrote
+/// text into an integer column): the error names the table and the row, so that an operator
+/// can find and fix it, and nothing panics.
+#[tokio::test]
+async fn an_undecodable_account_row_is_named_in_the_error() {
+    let app = TestApp::spawn(Backend::Sqlite).await.expect("SQLite");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &app.db.url, "");
+    let garbled = app
+        .insert_account(NewAccount::new("garbled@example.com", 100))
+        .await;
+    // Text sorts above every integer in SQLite, so the row is below its "own threshold".
+    app.exec(
+        "UPDATE accounts SET alert_threshold_minor = 'lots' WHERE id = $1",
+        vec![garbled.as_str().into()],
+    )
+    .await;
+    let out = run(dir.path(), &["-c", config.to_str().unwrap(), "sweep"], &[]);
+    let row = format!("accounts row {}", garbled.as_str());
+    assert!(stderr(&out).contains(&row), "{}", stderr(&out));
+    assert_ne!(out.status.code(), Some(101), "panicked: {}", stderr(&out));
+}

@@ -87,7 +87,7 @@ pub(super) async fn read_records<C: ConnectionTrait>(
 /// error naming the row.
 fn record(row: &QueryResult) -> Result<AlertRecord, DbErr> {
     let id: String = column(row, 0)?;
-    let at = |e: DbErr| DbErr::Type(format!("alert_logs row {id}: {e}"));
+    let at = in_row("alert_logs", &id);
     let stored: String = column(row, 3).map_err(at)?;
     let status = AlertStatus::parse(&stored)
         .ok_or_else(|| DbErr::Type(format!("alert_logs row {id}: unknown status {stored:?}")))?;
@@ -136,7 +136,7 @@ pub(super) async fn read_accounts<C: ConnectionTrait>(
 /// An account as a claim decides on it, from a row of [`account_columns`].
 fn account(row: &QueryResult) -> Result<Account, DbErr> {
     let id: String = column(row, 0)?;
-    let at = |e: DbErr| DbErr::Type(format!("accounts row {id}: {e}"));
+    let at = in_row("accounts", &id);
     Ok(Account {
         owner_email: column(row, 1).map_err(at)?,
         owner_name: column(row, 2).map_err(at)?,
@@ -155,6 +155,11 @@ fn account(row: &QueryResult) -> Result<Account, DbErr> {
         },
         id: AccountId::new(id),
     })
+}
+
+/// A decode error of a column, naming the table and row it came from.
+fn in_row<'a>(table: &'static str, id: &'a str) -> impl Fn(DbErr) -> DbErr + Copy + 'a {
+    move |e| DbErr::Type(format!("{table} row {id}: {e}"))
 }
 
 /// Column `index` of a row, decoded by sqlx itself: SeaORM's `TryGetable` formats an error
