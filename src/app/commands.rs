@@ -76,6 +76,7 @@ async fn sweep(config: &LoadedConfig, json: bool) -> Result<ExitCode, AppError> 
     // Every queued line written (or failed, and then kept) before the verdict.
     drop(flush_on_drop);
     keep_unwritten_audit(&store, audit.as_ref()).await;
+    store.leave_open();
     let summary = swept?;
     if json {
         let line = serde_json::to_string(&summary).map_err(anyhow::Error::from)?;

@@ -78,6 +78,17 @@ impl SeaOrmStore {
         &self.conns.db
     }
 
+    /// Ends a one-shot command's use of the database without closing its connections, as
+    /// the process exits next: every transaction is committed by then. On SQLite, closing
+    /// the last connection starts a checkpoint (an fsync of the WAL, then copying it into the
+    /// database file), which the exit abandoned half-way or never began, at random — when it
+    /// had begun, the exit waited for the fsync. Left open, the WAL is checkpointed as after
+    /// a daemon's sweep: by the daemon when idle, else by SQLite's autocheckpoint in a later
+    /// writer (README "Performance"). A PostgreSQL session ends with the process either way.
+    pub fn leave_open(self) {
+        std::mem::forget(self);
+    }
+
     /// Whether the database answers (`/readyz`); the error names the database.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.conns
