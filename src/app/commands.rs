@@ -96,7 +96,8 @@ async fn sweep(config: &LoadedConfig, json: bool) -> Result<ExitCode, AppError> 
 /// (no audit file, no claim, no migration: the database stays byte-identical).
 async fn dry_run(config: &LoadedConfig, json: bool) -> Result<ExitCode, AppError> {
     let settings = &config.settings.database;
-    let conn = db::connect_read_only(settings).await?;
+    let read_only = db::connect_read_only(settings).await?;
+    let conn = read_only.connection();
     // Read by hand: sea-orm-migration's own status query first creates its table.
     let applied: std::collections::HashSet<String> = conn
         .query_all_raw(sea_orm::Statement::from_string(
@@ -119,7 +120,7 @@ async fn dry_run(config: &LoadedConfig, json: bool) -> Result<ExitCode, AppError
         .filter(|name| !applied.contains(name))
         .collect();
     if !pending.is_empty() {
-        conn.close().await.ok();
+        read_only.close().await;
         return Err(AppError::Runtime(anyhow::anyhow!(
             "{}: {} migration(s) not applied; a dry run changes nothing, so run \
              `balance-alertd migrate up` first",
@@ -153,7 +154,7 @@ async fn dry_run(config: &LoadedConfig, json: bool) -> Result<ExitCode, AppError
         })
         .await;
     // Closed before exit: the last SQLite connection removes the -wal/-shm files it opened.
-    conn.close().await.ok();
+    read_only.close().await;
     let summary = previewed?;
     if json {
         let line = serde_json::to_string(&summary).map_err(anyhow::Error::from)?;

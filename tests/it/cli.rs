@@ -204,6 +204,46 @@ async fn a_dry_run_writes_nothing_and_lists_what_the_sweep_then_sends(backend: B
     assert_eq!(app.alert_rows(&alerted).await.len(), 1);
 }
 
+/// A `sweep` exits without checkpointing its WAL, so the next process to close the database
+/// last would copy it into the database file. A dry run that found the WAL leaves it there.
+#[tokio::test]
+async fn a_dry_run_after_a_sweep_leaves_the_sqlite_files_byte_identical() {
+    let db = TestDb::create(Backend::Sqlite).await.unwrap();
+    let path = db.sqlite_path().unwrap();
+    let conn = db.connect().await;
+    for (email, balance) in [("low@example.com", 100), ("rich@example.com", 20_000)] {
+        conn.execute_unprepared(&format!(
+            "INSERT INTO accounts (id, owner_email, owner_name, balance_minor) \
+             VALUES ('{}', '{email}', NULL, {balance})",
+            uuid::Uuid::new_v4()
+        ))
+        .await
+        .unwrap();
+    }
+    conn.close().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &db.url, "");
+    let config = config.to_str().unwrap();
+    let out = run(dir.path(), &["-c", config, "sweep"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let files = |suffix: &str| std::fs::read(format!("{}{suffix}", path.display()));
+    let (db_before, wal_before) = (files("").unwrap(), files("-wal").unwrap());
+    assert!(
+        !wal_before.is_empty(),
+        "the sweep's WAL is left for its writer"
+    );
+
+    let out = run(dir.path(), &["-c", config, "sweep", "--dry-run"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("eligible=0 sent=0 failed=0 in_cooldown=1"),
+        "the dry run read the sweep's alert from the WAL: {}",
+        stdout(&out)
+    );
+    assert!(files("").unwrap() == db_before, "database file unchanged");
+    assert!(files("-wal").unwrap() == wal_before, "WAL unchanged");
+}
+
 async fn sweep_prints_the_summary_line_last_and_exits_3_on_a_failed_delivery(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;

@@ -12,9 +12,10 @@ mod record;
 mod recovery;
 mod store;
 
+use std::str::FromStr;
 use std::time::Duration;
 
-use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnAcquireErr, ConnectOptions, Database, DatabaseConnection, DbErr, RuntimeErr};
 use secrecy::ExposeSecret;
 use tracing::log::LevelFilter;
@@ -103,11 +104,18 @@ pub async fn connect_writer(
 /// A connection that cannot write (`sweep --dry-run`): it never creates the database, never
 /// changes its journal mode, and refuses writes (SQLite `query_only`, PostgreSQL read-only
 /// transactions). SQLite is opened read-write all the same: a read-only connection leaves
-/// the `-wal`/`-shm` files behind, a read-write one removes them when it closes last.
+/// the `-wal`/`-shm` files behind, a read-write one removes them when it closes last
+/// ([`ReadOnlyConnection::close`]).
 pub async fn connect_read_only(
     settings: &DatabaseSettings,
-) -> Result<DatabaseConnection, StoreError> {
+) -> Result<ReadOnlyConnection, StoreError> {
     let url = settings.database_url();
+    // Before connecting: the connection itself creates the files.
+    let found_wal = SqliteConnectOptions::from_str(url).is_ok_and(|o| {
+        let mut wal = o.get_filename().as_os_str().to_owned();
+        wal.push("-wal");
+        std::path::Path::new(&wal).exists()
+    });
     let mut options = ConnectOptions::new(url.to_owned());
     options
         .max_connections(2)
@@ -129,9 +137,44 @@ pub async fn connect_read_only(
             ("default_transaction_read_only", "on"),
         ])
     });
-    Database::connect(options)
+    let conn = Database::connect(options)
         .await
-        .map_err(|e| map_db_err(&settings.display_url(), "cannot connect", e))
+        .map_err(|e| map_db_err(&settings.display_url(), "cannot connect", e))?;
+    Ok(ReadOnlyConnection { conn, found_wal })
+}
+
+/// A [`connect_read_only`] connection, which leaves the database's files as it found them.
+pub struct ReadOnlyConnection {
+    conn: DatabaseConnection,
+    /// A SQLite WAL was there before this connection: left by a process that still runs or
+    /// that exited without closing (a `sweep`, a crash), with transactions not yet copied
+    /// into the database file.
+    found_wal: bool,
+}
+
+impl ReadOnlyConnection {
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.conn
+    }
+
+    /// Closes the connection, unless it found a WAL: closing SQLite's last connection copies
+    /// the WAL into the database file (a checkpoint) and removes it, and a dry run must leave
+    /// that file byte-identical; the WAL stays for its writer. Without a WAL beforehand the
+    /// close removes the empty `-wal`/`-shm` files this connection created.
+    pub async fn close(self) {
+        if !self.found_wal {
+            self.conn.clone().close().await.ok();
+        }
+    }
+}
+
+impl Drop for ReadOnlyConnection {
+    /// Also on an early return: a dropped pool closes its connections in the background.
+    fn drop(&mut self) {
+        if self.found_wal {
+            std::mem::forget(self.conn.clone());
+        }
+    }
 }
 
 fn connect_options(settings: &DatabaseSettings, max_connections: u32) -> ConnectOptions {
