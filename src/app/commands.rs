@@ -76,7 +76,7 @@ async fn sweep(config: &LoadedConfig, json: bool) -> Result<ExitCode, AppError> 
     // Every queued line written (or failed, and then kept) before the verdict.
     drop(flush_on_drop);
     keep_unwritten_audit(&store, audit.as_ref()).await;
-    store.leave_open();
+    store.finish().await;
     let summary = swept?;
     if json {
         let line = serde_json::to_string(&summary).map_err(anyhow::Error::from)?;
@@ -176,6 +176,7 @@ async fn check(config: &LoadedConfig, account_id: &AccountId) -> Result<ExitCode
     let checked = BalanceAlert::new(ctx).execute(account_id).await;
     drop(flush_on_drop);
     keep_unwritten_audit(&store, audit.as_ref()).await;
+    store.finish().await;
     let outcome = checked?;
     let basis = account.as_ref().map(|a| Basis::of(a, config));
     let say = |text: &str| println!("check: account {account_id}: {text}");
@@ -278,6 +279,9 @@ async fn migrate(config: &LoadedConfig, action: MigrateAction) -> Result<ExitCod
             }
         }
     }
+    // Closed before exit: SQLite's last connection copies the WAL into the database file; a
+    // PostgreSQL session cut by the exit is logged by the server as a connection reset.
+    conn.close().await.ok();
     Ok(ExitCode::SUCCESS)
 }
 

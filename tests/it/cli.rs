@@ -244,6 +244,76 @@ async fn a_dry_run_after_a_sweep_leaves_the_sqlite_files_byte_identical() {
     assert!(files("-wal").unwrap() == wal_before, "WAL unchanged");
 }
 
+/// A one-shot command ends its PostgreSQL sessions with a goodbye. A session cut by the
+/// process exit is counted by the server as abandoned and logged ("could not receive data
+/// from client: Connection reset by peer"), once per cron-run command in a bank's server log.
+#[tokio::test]
+async fn one_shot_commands_close_their_postgresql_sessions() {
+    let Some(db) = TestDb::create(Backend::Postgres).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &db.url, "");
+    let config = config.to_str().unwrap();
+    let out = run(dir.path(), &["-c", config, "migrate"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let conn = sea_orm::Database::connect(&db.url).await.unwrap();
+    let id = uuid::Uuid::new_v4();
+    conn.execute_unprepared(&format!(
+        "INSERT INTO accounts (id, owner_email, owner_name, balance_minor) \
+         VALUES ('{id}', 'low@example.com', NULL, 100)"
+    ))
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    let id = id.to_string();
+    for args in [
+        &["migrate", "status"][..],
+        &["sweep"],
+        &["sweep", "--dry-run"],
+        &["check", &id],
+        &["sweep", "--json"],
+    ] {
+        let out = run(dir.path(), &[&["-c", config][..], args].concat(), &[]);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+    }
+
+    let mut options = sea_orm::ConnectOptions::new(db.url.clone());
+    options.max_connections(1);
+    let observer = sea_orm::Database::connect(options).await.unwrap();
+    let others = "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() \
+                  AND backend_type = 'client backend' AND pid <> pg_backend_pid()";
+    let abandoned = "SELECT sessions_abandoned AS n FROM pg_stat_database \
+                     WHERE datname = current_database()";
+    let number = |sql: &'static str| {
+        let observer = &observer;
+        async move {
+            let row = observer
+                .query_one_raw(sea_orm::Statement::from_string(
+                    sea_orm::DbBackend::Postgres,
+                    sql,
+                ))
+                .await
+                .unwrap()
+                .unwrap();
+            row.try_get::<i64>("", "n").unwrap()
+        }
+    };
+    // A backend counts its session's end as it exits, just after the client went away.
+    for _ in 0..100 {
+        if number(others).await == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(number(others).await, 0, "every command's sessions ended");
+    assert_eq!(
+        number(abandoned).await,
+        0,
+        "sessions ended by a reset instead of a goodbye"
+    );
+}
+
 async fn sweep_prints_the_summary_line_last_and_exits_3_on_a_failed_delivery(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;

@@ -83,6 +83,12 @@ impl Recorder {
         result
     }
 
+    /// Gives the held connection back to the pool (before the pool is closed, which waits
+    /// for every connection to come back).
+    pub(super) async fn release(&self) {
+        *self.held.lock().await = None;
+    }
+
     /// Records a batch; returns how many outcomes were written (the others' claims are no
     /// longer this holder's).
     pub(super) async fn record(

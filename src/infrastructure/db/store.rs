@@ -31,6 +31,9 @@ use crate::domain::{
     Account, AccountId, AlertId, AlertRules, ChannelName, Lease, LeaseHolder, Outcome,
 };
 
+/// How long [`SeaOrmStore::finish`] waits for the PostgreSQL sessions to close.
+const CLOSE_AT_MOST: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// [`AlertStore`] on SQLite or PostgreSQL through SeaORM.
 #[derive(Clone)]
 pub struct SeaOrmStore {
@@ -78,15 +81,28 @@ impl SeaOrmStore {
         &self.conns.db
     }
 
-    /// Ends a one-shot command's use of the database without closing its connections, as
-    /// the process exits next: every transaction is committed by then. On SQLite, closing
-    /// the last connection starts a checkpoint (an fsync of the WAL, then copying it into the
-    /// database file), which the exit abandoned half-way or never began, at random — when it
-    /// had begun, the exit waited for the fsync. Left open, the WAL is checkpointed as after
-    /// a daemon's sweep: by the daemon when idle, else by SQLite's autocheckpoint in a later
-    /// writer (README "Performance"). A PostgreSQL session ends with the process either way.
-    pub fn leave_open(self) {
-        std::mem::forget(self);
+    /// Ends a one-shot command's use of the database, as the process exits next; every
+    /// transaction is committed by then.
+    ///
+    /// SQLite: the connections are left open. Closing the last one starts a checkpoint (an
+    /// fsync of the WAL, then copying it into the database file), which the exit abandoned
+    /// half-way or never began, at random — and when it had begun, the exit waited for the
+    /// fsync. Left open, the WAL is checkpointed as after a daemon's sweep: by the daemon
+    /// when idle, else by SQLite's autocheckpoint in a later writer (README "Performance").
+    ///
+    /// PostgreSQL: every session is closed with its goodbye, within [`CLOSE_AT_MOST`]; a
+    /// session cut by the exit made the server log "could not receive data from client:
+    /// Connection reset by peer".
+    pub async fn finish(self) {
+        if self.conns.dialect.single_writer() {
+            std::mem::forget(self);
+            return;
+        }
+        self.recorder.release().await;
+        let close = self.conns.db.clone().close();
+        if tokio::time::timeout(CLOSE_AT_MOST, close).await.is_err() {
+            debug!(database = %self.conns.label, "Connections not closed in time; the exit ends them.");
+        }
     }
 
     /// Whether the database answers (`/readyz`); the error names the database.
