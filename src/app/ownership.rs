@@ -11,6 +11,7 @@ use secrecy::ExposeSecret;
 
 use super::AppError;
 use crate::config::LoadedConfig;
+use crate::infrastructure::db;
 
 /// Refuses `command` when run as root on files another user owns.
 pub fn refuse_root_on_service_files(config: &LoadedConfig) -> Result<(), AppError> {
@@ -43,7 +44,7 @@ pub fn refuse_root_on_service_files(config: &LoadedConfig) -> Result<(), AppErro
 /// The audit log directory and, for a SQLite database, its file and directory.
 fn service_paths(config: &LoadedConfig) -> Vec<PathBuf> {
     let mut paths = vec![config.settings.log.dir.clone()];
-    if let Some(file) = sqlite_file(config.settings.database.url.expose_secret()) {
+    if let Some(file) = db::sqlite_file(config.settings.database.url.expose_secret()) {
         if let Some(dir) = file.parent() {
             let dir = if dir.as_os_str().is_empty() {
                 Path::new(".")
@@ -55,36 +56,4 @@ fn service_paths(config: &LoadedConfig) -> Vec<PathBuf> {
         paths.push(file);
     }
     paths
-}
-
-/// The file of a `sqlite:` URL; `None` for other databases and in-memory SQLite.
-fn sqlite_file(url: &str) -> Option<PathBuf> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
-    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    if path.is_empty() || path == ":memory:" || query.contains("mode=memory") {
-        return None;
-    }
-    Some(PathBuf::from(path))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sqlite_urls_name_their_file() {
-        assert_eq!(
-            sqlite_file("sqlite:///var/lib/balance-alert/alerts.db?mode=rwc"),
-            Some(PathBuf::from("/var/lib/balance-alert/alerts.db"))
-        );
-        assert_eq!(
-            sqlite_file("sqlite://alerts.db"),
-            Some(PathBuf::from("alerts.db"))
-        );
-        assert_eq!(sqlite_file("sqlite::memory:"), None);
-        assert_eq!(sqlite_file("sqlite://x?mode=memory"), None);
-        assert_eq!(sqlite_file("postgres://u@h/db"), None);
-    }
 }

@@ -12,10 +12,10 @@ mod record;
 mod recovery;
 mod store;
 
-use std::str::FromStr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnAcquireErr, ConnectOptions, Database, DatabaseConnection, DbErr, RuntimeErr};
 use secrecy::ExposeSecret;
 use tracing::log::LevelFilter;
@@ -111,10 +111,10 @@ pub async fn connect_read_only(
 ) -> Result<ReadOnlyConnection, StoreError> {
     let url = settings.database_url();
     // Before connecting: the connection itself creates the files.
-    let found_wal = SqliteConnectOptions::from_str(url).is_ok_and(|o| {
-        let mut wal = o.get_filename().as_os_str().to_owned();
+    let found_wal = sqlite_file(url).is_some_and(|file| {
+        let mut wal = file.into_os_string();
         wal.push("-wal");
-        std::path::Path::new(&wal).exists()
+        PathBuf::from(wal).exists()
     });
     let mut options = ConnectOptions::new(url.to_owned());
     options
@@ -175,6 +175,18 @@ impl Drop for ReadOnlyConnection {
             std::mem::forget(self.conn.clone());
         }
     }
+}
+
+/// The file of a `sqlite:` URL; `None` for other databases and in-memory SQLite.
+pub fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || path == ":memory:" || query.contains("mode=memory") {
+        return None;
+    }
+    Some(PathBuf::from(path))
 }
 
 fn connect_options(settings: &DatabaseSettings, max_connections: u32) -> ConnectOptions {
@@ -268,5 +280,25 @@ pub(crate) fn map_db_err(database: &str, action: &str, err: DbErr) -> StoreError
         }
     } else {
         StoreError::Unexpected(anyhow::Error::new(err).context(format!("{action} ({database})")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_name_their_file() {
+        assert_eq!(
+            sqlite_file("sqlite:///var/lib/balance-alert/alerts.db?mode=rwc"),
+            Some(PathBuf::from("/var/lib/balance-alert/alerts.db"))
+        );
+        assert_eq!(
+            sqlite_file("sqlite://alerts.db"),
+            Some(PathBuf::from("alerts.db"))
+        );
+        assert_eq!(sqlite_file("sqlite::memory:"), None);
+        assert_eq!(sqlite_file("sqlite://x?mode=memory"), None);
+        assert_eq!(sqlite_file("postgres://u@h/db"), None);
     }
 }
